@@ -1,0 +1,353 @@
+"""Stages load -> split -> normalize: pure functions of (data, their params section) -> data.
+
+No stage prints, tracks or trains. Every user mistake in the data (missing file, ragged rows,
+text in a feature column, a single class...) becomes a DataError that names the file and column
+and says what to do, so the CLI never shows a pandas traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import DataParams, SplitParams
+from pipeline.errors import DataError
+
+Task = Literal["classification", "regression"]
+BUILTINS = ("digits", "iris", "breast_cancer", "wine", "xor")
+_MAX_CLASSES_FOR_AUTO = 50
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Features and an encoded target. `classes[i]` is the original label of code i."""
+
+    name: str
+    X: np.ndarray
+    y: np.ndarray
+    feature_names: tuple[str, ...]
+    target_name: str
+    task: Task
+    classes: tuple = ()
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def digest(self) -> str:
+        """A short content hash: the same data gives the same digest on every machine."""
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.X).tobytes())
+        h.update(np.ascontiguousarray(self.y).tobytes())
+        h.update(repr((self.feature_names, self.target_name, self.classes)).encode())
+        return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Train / validation / test arrays. With policy reuse_all all three are the same rows."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    policy: str = "holdout"
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """MinMax scaling learned from the training split: x' = (x - minimum) / span."""
+
+    minimum: np.ndarray
+    span: np.ndarray
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        # Constant training columns have span 0: they map to 0, never NaN.
+        safe = np.where(self.span > 0, self.span, 1.0)
+        out = (np.asarray(X, dtype=np.float64) - self.minimum) / safe
+        out[:, self.span == 0] = 0.0
+        return out.astype(np.float32)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"minimum": self.minimum.tolist(), "span": self.span.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, list[float]]) -> Scaler:
+        return cls(np.asarray(d["minimum"], dtype=np.float64), np.asarray(d["span"], np.float64))
+
+
+# -- load -----------------------------------------------------------------------------------
+
+
+def load(params: DataParams) -> Dataset:
+    """Load a built-in data set by name or a CSV file by path, encode its target."""
+    if params.source in BUILTINS:
+        frame, target = _builtin(params.source)
+        name = params.source
+    else:
+        path = Path(params.source)
+        if not path.suffix and not path.exists():
+            raise DataError(
+                f"data.source {params.source!r}: not a built-in data set "
+                f"({', '.join(BUILTINS)}) and no such file. Give a built-in name or a CSV path."
+            )
+        frame = read_csv(path, params.header)
+        target = _target_column(frame, params.target, path)
+        name = path.stem
+    if params.source in BUILTINS and params.target is not None:
+        target = _target_column(frame, params.target, Path(params.source))
+    return _to_dataset(frame, target, name, params.task, params.source)
+
+
+def _builtin(name: str) -> tuple[pd.DataFrame, str]:
+    if name == "xor":
+        frame = pd.DataFrame({"x1": [0, 0, 1, 1], "x2": [0, 1, 0, 1], "y": [0, 1, 1, 0]})
+        return frame, "y"
+    from sklearn import datasets
+
+    loader = {
+        "digits": datasets.load_digits,
+        "iris": datasets.load_iris,
+        "breast_cancer": datasets.load_breast_cancer,
+        "wine": datasets.load_wine,
+    }[name]
+    bunch = loader(as_frame=True)
+    frame = bunch.frame
+    target = "target"
+    if name == "iris":  # text labels, as in the classic Iris.csv
+        frame = frame.assign(target=np.asarray(bunch.target_names)[bunch.target])
+    return frame, target
+
+
+def read_csv(path: Path, header: str | bool) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found. Check data.source (a CSV path or a built-in).")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty. Point data.source at a CSV with rows.")
+    try:
+        head = pd.read_csv(path, header=None, nrows=1, dtype=str)
+        if header == "auto":
+            first = head.iloc[0].tolist()
+            has_header = not all(_is_number(v) for v in first)
+        else:
+            has_header = bool(header)
+        frame = pd.read_csv(path, header=0 if has_header else None, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise DataError(
+            f"{path}: the file has no data. Point data.source at a CSV with rows."
+        ) from None
+    except pd.errors.ParserError as exc:
+        raise DataError(
+            f"{path}: ragged rows - {exc}. Every row needs the same number of fields; "
+            "fix or remove the offending lines."
+        ) from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a text CSV file (could not decode it as UTF-8).") from None
+    if not has_header:
+        frame.columns = [f"col{i}" for i in range(frame.shape[1])]
+    if frame.empty:
+        raise DataError(f"{path}: the file has a header but no data rows.")
+    if frame.shape[1] < 2:
+        raise DataError(
+            f"{path}: found a single column; a CSV needs feature columns and a target column "
+            "(check the delimiter is a comma)."
+        )
+    return frame
+
+
+def _is_number(value: object) -> bool:
+    try:
+        float(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def _target_column(frame: pd.DataFrame, target: str | int | None, path: Path) -> str:
+    columns = [str(c) for c in frame.columns]
+    if target is None:
+        return frame.columns[-1]
+    if isinstance(target, int):
+        if not -len(columns) <= target < len(columns):
+            raise DataError(
+                f"{path}: data.target={target} is out of range; the file has {len(columns)} "
+                "columns (indexes from 0, or negative from the end)."
+            )
+        return frame.columns[target]
+    if target not in columns:
+        raise DataError(
+            f"{path}: target column {target!r} not found. Columns are: {preview(columns, 12)}. "
+            "Set data.target to one of them (or to an index)."
+        )
+    return frame.columns[columns.index(target)]
+
+
+def _to_dataset(frame: pd.DataFrame, target: str, name: str, task: str, source: str) -> Dataset:
+    where = source if source in BUILTINS else str(Path(source))
+    features = frame.drop(columns=[target])
+    missing = frame.columns[frame.isna().any()].tolist()
+    if missing:
+        rows = frame.index[frame.isna().any(axis=1)].tolist()
+        raise DataError(
+            f"{where}: missing values in column(s) {', '.join(map(str, missing[:5]))} "
+            f"(first at data row {rows[0] + 1}, {len(rows)} row(s) in all). "
+            "Fill or drop them before training."
+        )
+    text_cols = [str(c) for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
+    if text_cols:
+        raise DataError(
+            f"{where}: non-numeric feature column(s) {', '.join(text_cols[:5])}. "
+            "Encode them as numbers or drop them; only the target may hold text."
+        )
+    X = features.to_numpy(dtype=np.float32)
+    raw_y = frame[target]
+    task = _infer_task(raw_y) if task == "auto" else task
+    if task == "regression":
+        if not pd.api.types.is_numeric_dtype(raw_y):
+            raise DataError(
+                f"{where}: target column {target!r} holds text but data.task is regression. "
+                "Use task: classification or a numeric target."
+            )
+        y = raw_y.to_numpy(dtype=np.float32)
+        classes: tuple = ()
+    else:
+        codes, uniques = pd.factorize(raw_y, sort=True)
+        classes = tuple(_plain(v) for v in uniques)
+        if len(classes) < 2:
+            raise DataError(
+                f"{where}: target column {target!r} has a single class ({classes[0]!r}); "
+                "classification needs at least two. Check data.target."
+            )
+        y = codes.astype(np.int64)
+    return Dataset(
+        name=name,
+        X=X,
+        y=y,
+        feature_names=tuple(str(c) for c in features.columns),
+        target_name=str(target),
+        task=task,
+        classes=classes,
+    )
+
+
+def _plain(value: object) -> object:
+    """numpy scalars -> Python scalars, so labels serialize to JSON and YAML cleanly."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _infer_task(y: pd.Series) -> Task:
+    if not pd.api.types.is_numeric_dtype(y):
+        return "classification"
+    values = y.to_numpy(dtype=np.float64)
+    integral = np.all(np.mod(values, 1) == 0)
+    if integral and y.nunique() <= _MAX_CLASSES_FOR_AUTO:
+        return "classification"
+    return "regression"
+
+
+# -- split ----------------------------------------------------------------------------------
+
+
+def split(data: Dataset, params: SplitParams, *, seed: int) -> Splits:
+    """Seeded train/val/test split, stratified for classification; `reuse_all` for tiny sets."""
+    if params.policy == "reuse_all":
+        X, y = data.X, data.y
+        return Splits(X, y, X, y, X, y, policy="reuse_all")
+    from sklearn.model_selection import train_test_split
+
+    n = len(data.y)
+    n_test = max(1, round(n * params.test_fraction))
+    n_val = max(1, round(n * params.val_fraction))
+    strat = params.stratify and data.task == "classification"
+    per_split = data.n_classes if strat else 1  # a stratified split needs each class in each part
+    if min(n_test, n_val, n - n_test - n_val) < per_split:
+        raise DataError(
+            f"{data.name}: {n} rows are too few for a train/val/test split with "
+            f"val_fraction={params.val_fraction} and test_fraction={params.test_fraction}"
+            f"{f' over {data.n_classes} classes' if strat else ''}. Add rows, or for a tiny "
+            "demo set use split.policy: reuse_all."
+        )
+    if strat:
+        counts = np.bincount(data.y, minlength=data.n_classes)
+        if counts.min() < 3:
+            rare = data.classes[int(counts.argmin())]
+            raise DataError(
+                f"{data.name}: class {rare!r} has {counts.min()} row(s); a stratified split needs "
+                "at least 3 per class. Add rows, or set split.stratify: false."
+            )
+    try:
+        X_rest, X_test, y_rest, y_test = train_test_split(
+            data.X, data.y, test_size=n_test, random_state=seed, stratify=data.y if strat else None
+        )
+        X_train, X_val, y_train, y_val = train_test_split(
+            X_rest, y_rest, test_size=n_val, random_state=seed, stratify=y_rest if strat else None
+        )
+    except ValueError as exc:
+        raise DataError(
+            f"{data.name}: cannot split {n} rows as asked ({exc}). Add rows, lower the "
+            "fractions, or set split.stratify: false."
+        ) from None
+    return Splits(X_train, y_train, X_val, y_val, X_test, y_test, policy="holdout")
+
+
+# -- normalize ------------------------------------------------------------------------------
+
+
+def fit_scaler(X_train: np.ndarray) -> Scaler:
+    """Learn per-column min and span from the training rows only (no leakage)."""
+    X = np.asarray(X_train, dtype=np.float64)
+    minimum = X.min(axis=0)
+    return Scaler(minimum=minimum, span=X.max(axis=0) - minimum)
+
+
+def normalize(splits: Splits) -> tuple[Splits, Scaler]:
+    """MinMax-scale all splits with a scaler fitted on the train split; return both."""
+    scaler = fit_scaler(splits.X_train)
+    scaled = Splits(
+        scaler.transform(splits.X_train),
+        splits.y_train,
+        scaler.transform(splits.X_val),
+        splits.y_val,
+        scaler.transform(splits.X_test),
+        splits.y_test,
+        policy=splits.policy,
+    )
+    return scaled, scaler
+
+
+def preview(names: Sequence[str], limit: int = 8) -> str:
+    """`a, b, c ...`: the first names of a long list, for error messages."""
+    names = [str(n) for n in names]
+    return ", ".join(names[:limit]) + (" ..." if len(names) > limit else "")
+
+
+def features_from_frame(frame: pd.DataFrame, feature_names: tuple[str, ...]) -> np.ndarray:
+    """Select and order the model's feature columns from raw rows for prediction."""
+    cols = [str(c) for c in frame.columns]
+    missing = [f for f in feature_names if f not in cols]
+    if missing and len(cols) >= len(feature_names) and all(c.startswith("col") for c in cols):
+        # A headerless CSV (read_csv names its columns col0, col1, ...): take them by position.
+        frame = frame.iloc[:, : len(feature_names)].set_axis(list(feature_names), axis=1)
+        missing = []
+    if missing:
+        raise DataError(
+            f"missing feature column(s) {preview(missing)}; the model needs "
+            f"{len(feature_names)} columns named {preview(feature_names)}."
+        )
+    sub = frame.rename(columns=str)[list(feature_names)]
+    bad = [c for c in sub.columns if not pd.api.types.is_numeric_dtype(sub[c])]
+    if bad:
+        raise DataError(
+            f"non-numeric feature column(s) {', '.join(bad[:5])}; features must be numbers."
+        )
+    if sub.isna().any().any():
+        raise DataError("missing values in feature columns; fill or drop those rows first.")
+    return sub.to_numpy(dtype=np.float32)

@@ -1,0 +1,324 @@
+"""Stages build -> train -> evaluate: the project's only Keras (and TensorFlow) user.
+
+Keras is imported inside the functions, never at module import, so the CLI, config errors and
+data errors answer before TensorFlow's multi-second start-up. The builder takes plain params,
+never an Optuna trial; the search talks to training through the `on_epoch` hook alone.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import ModelParams, TrainParams
+from pipeline.data import Splits
+from pipeline.errors import TrainingDiverged
+
+# on_epoch(epoch, logs) -> True asks training to stop now (used for pruning).
+EpochHook = Callable[[int, dict[str, float]], bool]
+
+_MAX_STEPS_PER_EXECUTION = 64
+
+
+@dataclass
+class TrainResult:
+    """A trained model and what happened while training it."""
+
+    model: Any
+    history: dict[str, list[float]]
+    epochs_run: int
+    seconds: float
+    stopped_by: str  # completed | early_stopping | hook
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def configure_threads(n: int) -> None:
+    """Limit TensorFlow to `n` threads; must run before TensorFlow starts any work."""
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(n))
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already initialised: the env vars above still apply
+        pass
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def output_spec(task: str, n_classes: int, params: ModelParams) -> tuple[int, str, str]:
+    """Units, activation and loss of the output layer for the task."""
+    if task == "regression":
+        return (
+            1,
+            params.output_activation if params.output_activation != "auto" else "linear",
+            "mse",
+        )
+    if n_classes == 2 and params.output_activation in ("auto", "sigmoid"):
+        return 1, "sigmoid", "binary_crossentropy"
+    return n_classes, "softmax", "sparse_categorical_crossentropy"
+
+
+def build(n_features: int, task: str, n_classes: int, params: ModelParams) -> Any:
+    """A dense MLP: hidden layers (optional batch norm, dropout), task-specific output."""
+    _quiet_tensorflow()
+    import keras
+
+    layers: list[Any] = [keras.Input(shape=(n_features,), name="features")]
+    for units in params.hidden:
+        layers.append(keras.layers.Dense(units, kernel_initializer=params.initializer))
+        if params.batch_norm:
+            layers.append(keras.layers.BatchNormalization())
+        layers.append(keras.layers.Activation(params.activation))
+        if params.dropout > 0:
+            layers.append(keras.layers.Dropout(params.dropout))
+    units, activation, _ = output_spec(task, n_classes, params)
+    layers.append(keras.layers.Dense(units, activation=activation, name="output"))
+    return keras.Sequential(layers, name="mlp")
+
+
+def learning_rate(params: TrainParams, steps_per_epoch: int) -> Any:
+    """The initial rate or a Keras schedule; decay counts epochs k (staircase per epoch).
+
+    inverse_time: lr0 / (1 + rate*k);  exponential: lr0 * exp(-rate*k);
+    step: lr0 / (1 + rate)^floor(k / step_every);  cosine: lr0 * (1 + cos(pi*t/T)) / 2 over
+    all training steps (rate unused). Built-in schedules only, so models reload in safe mode.
+    """
+    import keras
+
+    lr0, decay = params.learning_rate, params.lr_decay
+    sched = keras.optimizers.schedules
+    if decay.kind == "inverse_time":
+        return sched.InverseTimeDecay(lr0, steps_per_epoch, decay.rate, staircase=True)
+    if decay.kind == "exponential":
+        return sched.ExponentialDecay(lr0, steps_per_epoch, math.exp(-decay.rate), staircase=True)
+    if decay.kind == "step":
+        every = steps_per_epoch * decay.step_every
+        return sched.ExponentialDecay(lr0, every, 1.0 / (1.0 + decay.rate), staircase=True)
+    if decay.kind == "cosine":
+        return sched.CosineDecay(lr0, steps_per_epoch * params.epochs)
+    return lr0
+
+
+def _optimizer(params: TrainParams, lr: Any) -> Any:
+    import keras
+
+    opt = keras.optimizers
+    if params.optimizer == "sgd":
+        return opt.SGD(learning_rate=lr, momentum=params.momentum)
+    return {"adam": opt.Adam, "rmsprop": opt.RMSprop, "adamw": opt.AdamW, "nadam": opt.Nadam}[
+        params.optimizer
+    ](learning_rate=lr)
+
+
+def validation_logs(scores: np.ndarray, y: np.ndarray, task: str) -> dict[str, float]:
+    """Keras-named validation metrics (val_loss, val_accuracy | val_rmse, val_mae) in numpy.
+
+    Computed from one forward pass instead of Keras's per-epoch `evaluate`, whose set-up costs
+    more than the pass itself on small data. Same formulas as the compiled loss and metrics.
+    """
+    eps = 1e-7
+    if task == "regression":
+        err = scores.reshape(-1).astype(np.float64) - y
+        mse = float(np.mean(err**2))
+        return {"val_loss": mse, "val_rmse": math.sqrt(mse), "val_mae": float(np.mean(np.abs(err)))}
+    if scores.shape[1] == 1:
+        p = np.clip(scores[:, 0].astype(np.float64), eps, 1 - eps)
+        loss = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+        pred = (p >= 0.5).astype(np.int64)
+    else:
+        p = np.clip(scores.astype(np.float64), eps, 1.0)
+        loss = -np.mean(np.log(p[np.arange(len(y)), y]))
+        pred = scores.argmax(axis=1)
+    return {"val_loss": float(loss), "val_accuracy": float(np.mean(pred == y))}
+
+
+def _make_callback(
+    on_epoch: EpochHook | None, X_val: np.ndarray, y_val: np.ndarray, task: str
+) -> Any:
+    import keras
+
+    class EpochRecorder(keras.callbacks.Callback):
+        """Adds validation metrics, records the learning rate used, catches divergence and
+        runs the hook. It runs first, so EarlyStopping and History see the val_* entries."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.lr: list[float] = []
+            self.diverged: str | None = None
+            self.hook_stopped = False
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            rate = self.model.optimizer.learning_rate
+            self.lr.append(float(keras.ops.convert_to_numpy(rate)))
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if logs is None:
+                logs = {}
+            scores = keras.ops.convert_to_numpy(self.model(X_val, training=False))
+            logs.update(validation_logs(scores, y_val, task))  # shared with later callbacks
+            logs = {k: float(v) for k, v in logs.items()}
+            bad = [k for k, v in logs.items() if not math.isfinite(v)]
+            if bad:
+                self.diverged = f"{bad[0]} became {logs[bad[0]]} at epoch {epoch + 1}"
+                self.model.stop_training = True
+                return
+            if on_epoch is not None and on_epoch(epoch, logs):
+                self.hook_stopped = True
+                self.model.stop_training = True
+
+    return EpochRecorder()
+
+
+def train(
+    splits: Splits,
+    model_params: ModelParams,
+    train_params: TrainParams,
+    *,
+    task: str,
+    n_classes: int,
+    seed: int,
+    on_epoch: EpochHook | None = None,
+) -> TrainResult:
+    """Build and fit the MLP on the (normalized) train split, validating on the val split.
+
+    Seeded and deterministic: the same params and seed give the same weights and metrics.
+    Raises TrainingDiverged when the loss or a metric turns NaN or infinite.
+    """
+    _quiet_tensorflow()
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    started = time.perf_counter()
+    model = build(splits.X_train.shape[1], task, n_classes, model_params)
+    steps = max(1, math.ceil(len(splits.X_train) / train_params.batch_size))
+    _, _, loss = output_spec(task, n_classes, model_params)
+    metrics: list[Any] = (
+        [keras.metrics.RootMeanSquaredError(name="rmse"), "mae"]
+        if task == "regression"
+        else ["accuracy"]
+    )
+    model.compile(
+        optimizer=_optimizer(train_params, learning_rate(train_params, steps)),
+        loss=loss,
+        metrics=metrics,
+        # Run several steps per graph call: small MLPs are bound by per-step overhead.
+        steps_per_execution=min(steps, _MAX_STEPS_PER_EXECUTION),
+    )
+    recorder = _make_callback(on_epoch, splits.X_val, splits.y_val, task)
+    callbacks: list[Any] = [recorder]
+    es = train_params.early_stopping
+    if es.patience > 0:
+        early = keras.callbacks.EarlyStopping(
+            monitor=es.monitor, patience=es.patience, restore_best_weights=es.restore_best_weights
+        )
+        callbacks.append(early)
+    fit = model.fit(
+        splits.X_train,
+        splits.y_train,
+        epochs=train_params.epochs,
+        batch_size=train_params.batch_size,
+        shuffle=True,
+        verbose=0,
+        callbacks=callbacks,
+    )
+    history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+    epochs_run = len(history.get("loss", []))
+    history["lr"] = recorder.lr[:epochs_run]
+    seconds = time.perf_counter() - started
+    if recorder.diverged:
+        raise TrainingDiverged(f"training diverged: {recorder.diverged}")
+    stopped_by = "completed"
+    if recorder.hook_stopped:
+        stopped_by = "hook"
+    elif epochs_run < train_params.epochs:
+        stopped_by = "early_stopping"
+    return TrainResult(model, history, epochs_run, seconds, stopped_by)
+
+
+def predict_scores(model: Any, X: np.ndarray) -> np.ndarray:
+    """Raw model outputs: class probabilities (n, k), a binary probability (n, 1) or values."""
+    return np.asarray(model.predict(np.asarray(X, dtype=np.float32), verbose=0, batch_size=1024))
+
+
+def to_labels(scores: np.ndarray, task: str) -> np.ndarray:
+    """Class codes from scores (or the regression values themselves)."""
+    if task == "regression":
+        return scores.reshape(-1)
+    if scores.shape[1] == 1:
+        return (scores[:, 0] >= 0.5).astype(np.int64)
+    return scores.argmax(axis=1).astype(np.int64)
+
+
+def evaluate(model: Any, X: np.ndarray, y: np.ndarray, *, task: str, n_classes: int) -> dict:
+    """Metrics on one split: accuracy, loss, macro precision/recall/F1, ROC AUC (binary);
+    MSE, RMSE, MAE, R² and loss (= MSE) for regression."""
+    from sklearn import metrics as skm
+
+    scores = predict_scores(model, X)
+    if task == "regression":
+        pred = scores.reshape(-1)
+        mse = float(skm.mean_squared_error(y, pred))
+        out = {
+            "loss": mse,
+            "mse": mse,
+            "rmse": math.sqrt(mse),
+            "mae": float(skm.mean_absolute_error(y, pred)),
+        }
+        out["r2"] = float(skm.r2_score(y, pred)) if len(y) > 1 else float("nan")
+    else:
+        probs = np.hstack([1 - scores, scores]) if scores.shape[1] == 1 else scores
+        probs = np.clip(probs, 1e-7, 1.0)
+        probs = probs / probs.sum(axis=1, keepdims=True)
+        pred = to_labels(scores, task)
+        labels = list(range(n_classes))
+        p, r, f1, _ = skm.precision_recall_fscore_support(
+            y, pred, labels=labels, average="macro", zero_division=0
+        )
+        out = {
+            "accuracy": float(skm.accuracy_score(y, pred)),
+            "loss": float(skm.log_loss(y, probs, labels=labels)),
+            "precision": float(p),
+            "recall": float(r),
+            "f1": float(f1),
+        }
+        if n_classes == 2 and len(np.unique(y)) == 2:
+            out["roc_auc"] = float(skm.roc_auc_score(y, probs[:, 1]))
+    if not all(math.isfinite(v) for k, v in out.items() if k != "r2"):
+        raise TrainingDiverged(f"evaluation produced a non-finite metric: {out}")
+    return out
+
+
+def save(model: Any, path: str | Path) -> Path:
+    """Save in the Keras v3 format (no pickle, no Lambda layers)."""
+    path = Path(path)
+    model.save(path)
+    return path
+
+
+def load(path: str | Path) -> Any:
+    """Load a saved model in Keras safe mode (refuses arbitrary code)."""
+    _quiet_tensorflow()
+    import keras
+
+    return keras.saving.load_model(Path(path), compile=False, safe_mode=True)
+
+
+def release() -> None:
+    """Free graph state between trials so memory does not grow over a long study."""
+    import keras
+
+    keras.backend.clear_session()

@@ -1,0 +1,365 @@
+"""The project's only MLflow user: store, experiments, runs, logging, model logging, registry.
+
+Runs are created with an explicit `MlflowClient` and passed around by id instead of MLflow's
+per-thread "active run", so trial runs keep their parent under several threads or processes.
+Every run is opened as a context that always ends it with an explicit status: FINISHED,
+FAILED (with the reason as a tag) or KILLED (Ctrl-C / SIGTERM) - never left RUNNING.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from pipeline.errors import TrackingError, TrialPruned
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOME = Path("mlruns")
+PARENT_TAG = "mlflow.parentRunId"
+_VERSIONED = ("tensorflow", "keras", "mlflow", "optuna", "pandas", "scikit-learn", "numpy")
+_MAX_PARAM_LEN = 6000
+
+
+def mask_secret(uri: str) -> str:
+    """Hide the password of a URL, both `user:pw@host` and `?password=pw` forms."""
+    masked = re.sub(r"(://[^:/@]+):[^@/]+@", r"\1:***@", uri)
+    return re.sub(r"(?i)([?&](?:password|pwd|pass)=)[^&]+", r"\1***", masked)
+
+
+def default_uri(home: Path = DEFAULT_HOME) -> str:
+    """`sqlite:///<abs>/mlruns/mlflow.db` - absolute, so it means the same from any cwd."""
+    return f"sqlite:///{(home / 'mlflow.db').resolve()}"
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Where a local store keeps artifacts: `artifacts/` beside its database file."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).parent / "artifacts").resolve().as_uri()
+    return None  # a tracking server decides (its --artifacts-destination)
+
+
+def _bound_client_retries() -> None:
+    # MLflow's defaults (7 retries, 120 s timeouts) make a dead server look like a hang.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+def environment_tags() -> dict[str, str]:
+    """Git commit and package versions, so a run says exactly what produced it."""
+    tags = {f"version.{name}": _version(name) for name in _VERSIONED}
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+class Tracker:
+    """One experiment in one tracking store, with the run operations the pipeline needs."""
+
+    def __init__(self, uri: str | None, experiment: str) -> None:
+        _bound_client_retries()
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri or default_uri()
+        if self.uri.startswith("sqlite:///"):
+            Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        elif urlparse(self.uri).scheme in ("", "file"):
+            raise TrackingError(
+                f"--tracking-uri {mask_secret(self.uri)}: plain file stores are refused by MLflow "
+                "3; use sqlite:///path/to/mlflow.db or an http(s):// tracking server."
+            )
+        self.display_uri = mask_secret(self.uri)
+        mlflow.set_tracking_uri(self.uri)  # for the model-logging calls that need it
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment_name = experiment
+        self.experiment_id = self._experiment(experiment)
+
+    def _experiment(self, name: str) -> str:
+        try:
+            found = self.client.get_experiment_by_name(name)
+            if found is not None:
+                if found.lifecycle_stage == "deleted":
+                    self.client.restore_experiment(found.experiment_id)
+                return found.experiment_id
+            return self.client.create_experiment(
+                name,
+                artifact_location=_artifact_root(self.uri),
+                tags={"mlflow.experimentKind": "custom_model_development"},
+            )
+        except Exception as exc:  # noqa: BLE001 - any store failure becomes one clear message
+            if type(exc).__name__ == "RestException" and "RESOURCE_ALREADY_EXISTS" in str(exc):
+                return self.client.get_experiment_by_name(name).experiment_id
+            raise TrackingError(
+                f"tracking store {self.display_uri}: cannot open experiment {name!r} "
+                f"({type(exc).__name__}: {mask_secret(str(exc))[:300]}). Check --tracking-uri "
+                "and that the server or database is reachable."
+            ) from None
+
+    # -- runs -----------------------------------------------------------------------------
+
+    @contextmanager
+    def run(
+        self, name: str, *, parent_id: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> Iterator[str]:
+        """Create a run, yield its id, and always end it with an explicit status.
+
+        Success or a pruned trial -> FINISHED; Ctrl-C/SIGTERM -> KILLED; anything else ->
+        FAILED with the reason in the `error` tag. The exception still propagates.
+        """
+        all_tags = {**environment_tags(), **(tags or {})}
+        if parent_id:
+            all_tags[PARENT_TAG] = parent_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        run_id = run.info.run_id
+        status = "FAILED"
+        try:
+            yield run_id
+            status = "FINISHED"
+        except TrialPruned:
+            status = "FINISHED"
+            raise
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        except BaseException as exc:
+            self.set_tags(run_id, {"error": f"{type(exc).__name__}: {exc}"[:5000]})
+            raise
+        finally:
+            self.client.set_terminated(run_id, status)
+
+    def end_run(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status)
+
+    def resume(self, run_id: str) -> None:
+        """Mark an existing (e.g. resumed study's parent) run RUNNING again."""
+        self.client.update_run(run_id, status="RUNNING")
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_text(v)) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self.client.log_batch(run_id, metrics=batch)
+
+    def log_history(self, run_id: str, history: Mapping[str, list[float]]) -> None:
+        """Per-epoch curves (loss, val_loss, accuracy, ..., lr) as metrics with step = epoch."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(key, float(v), now, step)
+            for key, values in history.items()
+            for step, v in enumerate(values)
+        ]
+        for i in range(0, len(batch), 1000):
+            self.client.log_batch(run_id, metrics=batch[i : i + 1000])
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_figure(self, run_id: str, figure: Any, name: str) -> None:
+        self.client.log_figure(run_id, figure, name)
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    def log_dataset(self, run_id: str, frame: Any, *, name: str, source: str, target: str) -> None:
+        """The training data as an MLflow dataset input (name, digest, schema, source)."""
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+
+        ds = mlflow.data.from_pandas(frame, source=source, name=name, targets=target)
+        tags = [InputTag("mlflow.data.context", "training")]
+        self.client.log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags)])
+
+    # -- models ---------------------------------------------------------------------------
+
+    def log_model(
+        self,
+        run_id: str,
+        keras_path: Path,
+        preprocess: Mapping[str, Any],
+        input_example: Any,
+        *,
+        register_as: str | None = None,
+    ) -> tuple[str, str | None]:
+        """Log the model as a pyfunc that scales raw features and decodes labels.
+
+        Pickle-free: the network is a Keras v3 file loaded in safe mode and the wrapper is a
+        "model from code" (pipeline/serving.py). Returns (model URI, registered version).
+        """
+        import mlflow
+        from mlflow.models import infer_signature
+
+        with tempfile.TemporaryDirectory() as tmp:
+            meta = Path(tmp) / "preprocess.json"
+            meta.write_text(json.dumps(dict(preprocess)))
+            wrapper = ServingModel()
+            wrapper.load_from(str(keras_path), str(meta))
+            output = wrapper.predict(None, input_example)
+            signature = infer_signature(input_example, output)
+            package = Path(__file__).resolve().parent
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=str(package / "serving.py"),
+                    artifacts={"keras_model": str(keras_path), "preprocess": str(meta)},
+                    code_paths=[str(package)],
+                    signature=signature,
+                    input_example=input_example,
+                    pip_requirements=_pip_requirements(),
+                )
+            # fluent end_run above marked it FINISHED; the caller's context sets the real end.
+            self.client.update_run(run_id, status="RUNNING")
+        version = None
+        if register_as:
+            mv = mlflow.register_model(info.model_uri, register_as)
+            version = str(mv.version)
+            self.client.set_registered_model_alias(register_as, "champion", version)
+        return info.model_uri, version
+
+    # -- reading back ---------------------------------------------------------------------
+
+    def runs(self, filter_string: str = "", max_results: int = 5000) -> list[Any]:
+        return list(
+            self.client.search_runs(
+                [self.experiment_id], filter_string=filter_string, max_results=max_results
+            )
+        )
+
+    def ui_url(self, host: str = "127.0.0.1", port: int = 5000) -> str:
+        return f"http://{host}:{port}/#/experiments/{self.experiment_id}/runs"
+
+
+def _param_text(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, list | tuple | dict) else str(value)
+    return text[:_MAX_PARAM_LEN]
+
+
+def _pip_requirements() -> list[str]:
+    names = ("tensorflow", "keras", "mlflow", "pandas", "numpy", "scikit-learn", "pyyaml")
+    return [f"{n}=={_version(n)}" for n in names if _version(n) != "absent"]
+
+
+def ui_command(uri: str, port: int = 5000) -> list[str]:
+    """The `mlflow ui` command for a store, bound to 127.0.0.1."""
+    cmd = ["mlflow", "ui", "--host", "127.0.0.1", "--port", str(port)]
+    if not uri.startswith("http"):
+        cmd += ["--backend-store-uri", uri]
+        root = _artifact_root(uri)
+        if root:
+            cmd += ["--default-artifact-root", root]
+    return cmd
+
+
+def load_model(uri: str) -> Any:
+    """Load a logged or registered model (`runs:/...`, `models:/name@champion`, `models:/m-...`)."""
+    _bound_client_retries()
+    import mlflow
+
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except Exception as exc:  # noqa: BLE001
+        raise TrackingError(
+            f"--model {uri}: cannot load it ({type(exc).__name__}: {mask_secret(str(exc))[:300]})."
+            " Use runs:/<run_id>/model, models:/<name>@champion or models:/m-<id>, and the same "
+            "--tracking-uri the model was logged to."
+        ) from None
+
+
+def set_uri(uri: str | None) -> str:
+    import mlflow
+
+    uri = uri or default_uri()
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def _python_model_base() -> type:
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.PythonModel
+
+
+class ServingModel:
+    """Raw features in, decoded labels (or values) out: scaler + Keras net + label decoding."""
+
+    def load_from(self, keras_path: str, preprocess_path: str) -> None:
+        from pipeline import model as keras_model
+        from pipeline.data import Scaler
+
+        meta = json.loads(Path(preprocess_path).read_text())
+        self.net = keras_model.load(keras_path)
+        self.scaler = Scaler.from_dict(meta["scaler"])
+        self.features = tuple(meta["features"])
+        self.classes = list(meta["classes"])
+        self.task = meta["task"]
+        self.target = meta.get("target")
+
+    def load_context(self, context: Any) -> None:
+        self.load_from(context.artifacts["keras_model"], context.artifacts["preprocess"])
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        # No type hints here on purpose: MLflow would try to derive a signature from them.
+        import pandas as pd
+
+        from pipeline import model as keras_model
+        from pipeline.data import features_from_frame
+
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        X = self.scaler.transform(features_from_frame(frame, self.features))
+        scores = keras_model.predict_scores(self.net, X)
+        codes = keras_model.to_labels(scores, self.task)
+        if self.task == "regression":
+            return pd.DataFrame({"prediction": codes.astype(float)})
+        return pd.DataFrame({"prediction": [self.classes[int(c)] for c in codes]})
+
+
+def register_for_serving() -> None:
+    """Hand MLflow's models-from-code loader the wrapper (called from serving.py only)."""
+    from mlflow.models import set_model
+
+    cls = type("PipelineModel", (ServingModel, _python_model_base()), {})
+    set_model(cls())

@@ -1,0 +1,147 @@
+import numpy as np
+import pytest
+
+from pipeline import data
+from pipeline.config import DataParams, SplitParams
+from pipeline.errors import DataError
+
+
+def csv(tmp_path, text, name="d.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def load_csv(tmp_path, text, **kw):
+    return data.load(DataParams(source=csv(tmp_path, text), **kw))
+
+
+@pytest.mark.parametrize("name", data.BUILTINS)
+def test_builtins_load_offline(name):
+    ds = data.load(DataParams(source=name))
+    assert ds.X.dtype == np.float32 and len(ds.X) == len(ds.y) and ds.task == "classification"
+    assert ds.n_classes >= 2
+
+
+def test_digits_is_the_default_and_iris_has_text_labels():
+    assert data.load(DataParams()).X.shape == (1797, 64)
+    iris = data.load(DataParams(source="iris"))
+    assert iris.classes == ("setosa", "versicolor", "virginica")
+
+
+def test_header_with_target_named_first_digit_recognizer_layout(tmp_path):
+    rows = "\n".join(f"{i % 2},{i},{i * 2}" for i in range(10))
+    ds = load_csv(tmp_path, "label,pixel0,pixel1\n" + rows + "\n", target="label")
+    assert ds.feature_names == ("pixel0", "pixel1") and ds.target_name == "label"
+    assert ds.X[3].tolist() == [3.0, 6.0] and ds.classes == (0, 1)
+
+
+def test_no_header_target_last_pima_layout(tmp_path):
+    rows = "\n".join(f"{i},{i + 1},{i % 2}" for i in range(10))
+    ds = load_csv(tmp_path, rows + "\n")
+    assert ds.feature_names == ("col0", "col1") and len(ds.y) == 10  # first row is data
+    assert ds.task == "classification"
+
+
+def test_text_labels_are_encoded_and_decodable(tmp_path):
+    text = "a,b,Species\n1,2,Iris-setosa\n2,3,Iris-virginica\n3,4,Iris-setosa\n"
+    ds = load_csv(tmp_path, text)
+    assert ds.classes == ("Iris-setosa", "Iris-virginica")
+    assert [ds.classes[c] for c in ds.y] == ["Iris-setosa", "Iris-virginica", "Iris-setosa"]
+
+
+def test_target_by_index_and_regression_inferred(tmp_path):
+    rows = "\n".join(f"{i * 0.37:.3f},{i},{i * 1.5 + 0.25}" for i in range(60))
+    ds = load_csv(tmp_path, "x,z,y\n" + rows + "\n", target=-1)
+    assert ds.task == "regression" and ds.classes == () and ds.y.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("text", "kw", "needle"),
+    [
+        ("", {}, "empty"),
+        ("a,b,y\n", {}, "no data rows"),
+        ("a,b,y\n1,2,0\n1,2,3,4\n", {}, "ragged rows"),
+        ("a,b,y\n1,2,0\n3,4,1\n", {"target": "label"}, "target column 'label' not found"),
+        ("a,b,y\n1,x,0\n3,4,1\n", {}, "non-numeric feature column(s) b"),
+        ("a,b,y\n1,,0\n3,4,1\n", {}, "missing values in column(s) b"),
+        ("a,b,y\n1,2,0\n3,4,0\n", {}, "single class"),
+        ("a,b,y\n1,2,0\n3,4,1\n", {"target": 5}, "out of range"),
+    ],
+    ids=[
+        "empty",
+        "header-only",
+        "ragged",
+        "no-target",
+        "text-feature",
+        "missing",
+        "one-class",
+        "bad-index",
+    ],
+)
+def test_bad_csv_inputs_name_the_file_and_problem(tmp_path, text, kw, needle):
+    with pytest.raises(DataError) as err:
+        load_csv(tmp_path, text, **kw)
+    assert needle in str(err.value)
+    assert "d.csv" in str(err.value)
+
+
+def test_missing_file_and_unknown_source(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        data.load(DataParams(source=str(tmp_path / "nope.csv")))
+    with pytest.raises(DataError, match="not a built-in"):
+        data.load(DataParams(source="mnistt"))
+
+
+def test_split_is_stratified_seeded_and_disjoint():
+    ds = data.load(DataParams(source="iris"))
+    a = data.split(ds, SplitParams(), seed=1)
+    b = data.split(ds, SplitParams(), seed=1)
+    assert np.array_equal(a.X_test, b.X_test)
+    assert len(a.y_train) + len(a.y_val) + len(a.y_test) == 150
+    assert np.bincount(a.y_test).tolist() == [10, 10, 10]  # stratified: 30 test rows
+    ids = data.Dataset(
+        "ids",
+        np.arange(150, dtype=np.float32)[:, None],
+        ds.y,
+        ("i",),
+        "y",
+        "classification",
+        ds.classes,
+    )
+    parts = data.split(ids, SplitParams(), seed=1)
+    train, val, test = (set(p.ravel().tolist()) for p in (parts.X_train, parts.X_val, parts.X_test))
+    assert not (train & val or train & test or val & test)
+    assert len(train | val | test) == 150
+
+
+def test_too_few_rows_for_split(tmp_path):
+    ds = load_csv(tmp_path, "a,y\n1,0\n2,1\n3,0\n4,1\n")
+    with pytest.raises(DataError, match="too few"):
+        data.split(ds, SplitParams(), seed=0)
+    reused = data.split(ds, SplitParams(policy="reuse_all"), seed=0)
+    assert np.array_equal(reused.X_train, reused.X_test)
+
+
+def test_normalize_fits_on_train_only_and_constant_columns_map_to_zero():
+    X_train = np.array([[0.0, 5.0, 1.0], [10.0, 5.0, 3.0]], dtype=np.float32)
+    X_val = np.array([[20.0, 7.0, 2.0]], dtype=np.float32)
+    y = np.array([0, 1])
+    splits = data.Splits(X_train, y, X_val, y[:1], X_val, y[:1])
+    scaled, scaler = data.normalize(splits)
+    assert scaled.X_train.tolist() == [[0.0, 0.0, 0.0], [1.0, 0.0, 1.0]]
+    assert scaled.X_val.tolist() == [[2.0, 0.0, 0.5]]  # train range, not refitted: no leakage
+    assert not np.isnan(scaled.X_val).any()
+    again = data.Scaler.from_dict(scaler.to_dict())
+    assert np.array_equal(again.transform(X_val), scaled.X_val)
+
+
+def test_features_from_frame_by_name_or_position():
+    import pandas as pd
+
+    named = pd.DataFrame({"b": [2.0], "a": [1.0], "target": [0]})
+    assert data.features_from_frame(named, ("a", "b")).tolist() == [[1.0, 2.0]]
+    positional = pd.DataFrame({"col0": [1.0], "col1": [2.0]})
+    assert data.features_from_frame(positional, ("a", "b")).tolist() == [[1.0, 2.0]]
+    with pytest.raises(DataError, match="missing feature column"):
+        data.features_from_frame(pd.DataFrame({"a": [1.0]}), ("a", "b"))

@@ -1,0 +1,164 @@
+import math
+
+import numpy as np
+import pytest
+
+from pipeline import model
+from pipeline.config import LrDecayParams, ModelParams, TrainParams
+from pipeline.data import Splits
+from pipeline.errors import TrainingDiverged
+
+
+def blobs(n=120, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    X = (rng.normal(size=(n, 4)) * 0.3 + y[:, None]).astype(np.float32) / classes
+    return Splits(X[:80], y[:80], X[80:100], y[80:100], X[100:], y[100:])
+
+
+SMALL = ModelParams(hidden=(8,), activation="relu", initializer="he_normal")
+
+
+def fit(splits, train=None, model_params=SMALL, **kw):
+    train = train or TrainParams(epochs=5, batch_size=16)
+    return model.train(
+        splits, model_params, train, task="classification", n_classes=3, seed=3, **kw
+    )
+
+
+def test_training_is_deterministic_for_a_seed():
+    a, b = fit(blobs()), fit(blobs())
+    assert a.history == b.history
+    assert a.epochs_run == 5 and set(a.history) >= {
+        "loss",
+        "accuracy",
+        "val_loss",
+        "val_accuracy",
+        "lr",
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("none", lambda k: 0.1),
+        ("inverse_time", lambda k: 0.1 / (1 + 0.5 * k)),
+        ("exponential", lambda k: 0.1 * math.exp(-0.5 * k)),
+        ("step", lambda k: 0.1 / 1.5 ** (k // 2)),
+    ],
+)
+def test_learning_rate_decay_per_epoch_is_logged(kind, expected):
+    train = TrainParams(
+        optimizer="sgd",
+        learning_rate=0.1,
+        epochs=5,
+        batch_size=16,
+        lr_decay=LrDecayParams(kind=kind, rate=0.5, step_every=2),
+    )
+    lrs = fit(blobs(), train).history["lr"]
+    assert lrs == pytest.approx([expected(k) for k in range(5)], rel=1e-5)
+
+
+def test_cosine_decay_falls_towards_zero():
+    train = TrainParams(
+        learning_rate=0.1, epochs=6, batch_size=16, lr_decay=LrDecayParams(kind="cosine")
+    )
+    lrs = fit(blobs(), train).history["lr"]
+    assert lrs[0] == pytest.approx(0.1) and lrs[-1] < 0.05
+    assert all(x > y for x, y in zip(lrs, lrs[1:], strict=False))
+
+
+def test_divergence_raises():
+    train = TrainParams(optimizer="sgd", learning_rate=1e12, epochs=5, batch_size=16)
+    with pytest.raises(TrainingDiverged, match="epoch"):
+        fit(blobs(), train, ModelParams(hidden=(8,), activation="linear"))
+
+
+def test_hook_can_stop_training():
+    seen = []
+    result = fit(
+        blobs(), on_epoch=lambda epoch, logs: seen.append(logs["val_accuracy"]) or epoch == 1
+    )
+    assert result.epochs_run == 2 and result.stopped_by == "hook" and len(seen) == 2
+
+
+def test_early_stopping_watches_validation_loss():
+    noisy = blobs()
+    rng = np.random.default_rng(5)  # labels unrelated to features: val_loss soon stops improving
+    noisy = Splits(
+        noisy.X_train,
+        rng.permutation(noisy.y_train),
+        noisy.X_val,
+        rng.permutation(noisy.y_val),
+        noisy.X_test,
+        noisy.y_test,
+    )
+    train = TrainParams(epochs=200, batch_size=16, learning_rate=0.05)
+    result = fit(noisy, train, ModelParams(hidden=(64, 64)))
+    assert result.stopped_by == "early_stopping" and result.epochs_run < 200
+
+
+def test_validation_logs_match_keras_evaluate():
+    splits = blobs()
+    result = fit(splits)
+    scores = model.predict_scores(result.model, splits.X_val)
+    ours = model.validation_logs(scores, splits.y_val, "classification")
+    result.model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    keras_loss, keras_acc = result.model.evaluate(splits.X_val, splits.y_val, verbose=0)
+    assert ours["val_loss"] == pytest.approx(keras_loss, rel=1e-4)
+    assert ours["val_accuracy"] == pytest.approx(keras_acc)
+
+
+def test_evaluate_classification_and_binary_auc():
+    splits = blobs()
+    metrics = model.evaluate(
+        fit(splits).model, splits.X_test, splits.y_test, task="classification", n_classes=3
+    )
+    assert set(metrics) == {"accuracy", "loss", "precision", "recall", "f1"}
+    assert 0 <= metrics["accuracy"] <= 1
+    y2 = np.arange(120) % 2
+    X2 = (np.random.default_rng(1).normal(size=(120, 3)) * 0.2 + y2[:, None]).astype(np.float32)
+    bin_splits = Splits(X2[:80], y2[:80], X2[80:100], y2[80:100], X2[100:], y2[100:])
+    res = model.train(
+        bin_splits,
+        SMALL,
+        TrainParams(epochs=30, batch_size=16, learning_rate=0.02),
+        task="classification",
+        n_classes=2,
+        seed=0,
+    )
+    assert res.model.layers[-1].units == 1  # one sigmoid unit for two classes
+    m = model.evaluate(
+        res.model, bin_splits.X_test, bin_splits.y_test, task="classification", n_classes=2
+    )
+    assert m["roc_auc"] > 0.9 and m["accuracy"] > 0.8
+
+
+def test_regression_metrics():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(size=(100, 2)).astype(np.float32)
+    y = (X @ np.array([1.0, -2.0]) + 0.5).astype(np.float32)
+    s = Splits(X[:60], y[:60], X[60:80], y[60:80], X[80:], y[80:])
+    res = model.train(
+        s,
+        SMALL,
+        TrainParams(epochs=60, batch_size=8, learning_rate=0.01),
+        task="regression",
+        n_classes=0,
+        seed=0,
+    )
+    assert {"val_rmse", "val_mae", "val_loss"} <= set(res.history)
+    m = model.evaluate(res.model, s.X_test, s.y_test, task="regression", n_classes=0)
+    assert m["rmse"] == pytest.approx(math.sqrt(m["mse"])) and m["r2"] > 0.5
+
+
+def test_save_and_load_in_safe_mode(tmp_path):
+    splits = blobs()
+    net = fit(splits).model
+    path = model.save(net, tmp_path / "m.keras")
+    again = model.load(path)
+    np.testing.assert_allclose(
+        model.predict_scores(again, splits.X_test),
+        model.predict_scores(net, splits.X_test),
+        rtol=1e-6,
+    )

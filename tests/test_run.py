@@ -1,0 +1,157 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import config, run
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_bare_command_means_search_and_flags_parse():
+    assert run.parse_args([]).command == "search"
+    args = run.parse_args(["--trials", "3", "--set", "model.dropout=0.1"])
+    assert args.command == "search" and args.trials == 3 and args.overrides == ["model.dropout=0.1"]
+
+
+def test_cli_flags_become_params(workdir):
+    args = run.parse_args(["search", "--trials", "7", "--seed", "3", "--timeout", "60"])
+    params = run.load_params(args)  # default params found from any cwd
+    assert (params.search.n_trials, params.seed, params.search.timeout) == (7, 3, 60)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--set", "model.dropout=1.5"], "model.dropout = 1.5"),
+        (["--set", "model.activation=relux"], "'relu'"),
+        (["--set", "model.dropoutt=0.1"], "Did you mean 'model.dropout'"),
+        (["-p", "missing.yaml"], "missing.yaml"),
+        (["--set", "data.source=nothere.csv"], "nothere.csv: file not found"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_a_message_and_writes_nothing(workdir, capsys, argv, needle):
+    code = run.main(["train", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and "Traceback" not in err
+    assert not (workdir / "mlruns").exists()  # no half-written store or run
+
+
+def test_bad_csv_names_the_column(workdir, capsys):
+    (workdir / "bad.csv").write_text("a,b,label\n1,x,0\n2,3,1\n")
+    code = run.main(["train", "--set", f"data.source={workdir / 'bad.csv'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "bad.csv" in err and "column(s) b" in err
+
+
+def test_help_is_answered(capsys):
+    with pytest.raises(SystemExit) as stop:
+        run.main(["--help"])
+    assert stop.value.code == 0 and "search" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_train_end_to_end_logs_a_complete_run_and_a_servable_model(workdir, store_uri, capsys):
+    import mlflow
+    import numpy as np
+
+    from pipeline import model
+
+    overrides = [
+        "train.epochs=25",
+        "model.hidden=[16]",
+        "train.optimizer=adam",
+        "train.learning_rate=0.02",
+        f"tracking.uri={store_uri}",
+    ]
+    params = config.load(REPO / "params" / "iris.yaml", overrides)
+    prep = run.prepare(params)
+    tracker = run._tracker(params)
+    with tracker.run("train") as run_id:
+        tracker.log_params(run_id, config.flatten(params))
+        result = run.fit(params, prep, seed=params.seed)
+        run.log_training(tracker, run_id, result, prep)
+        test, uri, _ = run.log_champion(
+            tracker, run_id, params, prep, result, register_as="iris-test"
+        )
+
+    logged = mlflow.MlflowClient(store_uri).get_run(run_id)
+    assert logged.info.status == "FINISHED"
+    for key in (
+        "model.activation",
+        "model.initializer",
+        "model.dropout",
+        "train.batch_size",
+        "train.lr_decay.kind",
+        "train.lr_decay.rate",
+    ):
+        assert key in logged.data.params
+    assert {"val_accuracy", "test_accuracy", "lr", "epochs_run", "train_seconds"} <= set(
+        logged.data.metrics
+    )
+    artifacts = {a.path for a in mlflow.MlflowClient(store_uri).list_artifacts(run_id)}
+    assert {"learning_curves.png", "confusion_matrix.png", "classification_report.txt"} <= artifacts
+    assert (
+        "mlflow.source.git.commit" in logged.data.tags or "version.tensorflow" in logged.data.tags
+    )
+
+    # Raw, unscaled test rows scored by the logged model in a fresh process.
+    frame = run._frame(prep, prep.raw.X_test, prep.raw.y_test)
+    frame.to_csv(workdir / "test.csv", index=False)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.run",
+            "predict",
+            "--model",
+            "models:/iris-test@champion",
+            "--data",
+            "test.csv",
+            "--out",
+            "pred.csv",
+            "--tracking-uri",
+            store_uri,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    import pandas as pd
+
+    served = pd.read_csv(workdir / "pred.csv")["prediction"].tolist()
+    codes = model.to_labels(
+        model.predict_scores(result.model, prep.scaled.X_test), "classification"
+    )
+    in_memory = [prep.dataset.classes[c] for c in codes]
+    assert served == in_memory and set(served) <= {"setosa", "versicolor", "virginica"}
+    expected_acc = float(np.mean(np.array(codes) == prep.scaled.y_test))
+    assert expected_acc == pytest.approx(test["test_accuracy"])
+    assert f"accuracy against column 'target': {expected_acc:.4f}" in out.stderr
+
+
+@pytest.mark.slow
+def test_train_command_is_reproducible_for_a_seed(workdir, store_uri, capsys):
+    import mlflow
+
+    argv = [
+        "train",
+        "-p",
+        str(REPO / "params" / "iris.yaml"),
+        "--tracking-uri",
+        store_uri,
+        "--set",
+        "train.epochs=10",
+        "--seed",
+        "5",
+    ]
+    assert run.main(argv) == 0
+    assert run.main(argv) == 0
+    runs = mlflow.MlflowClient(store_uri).search_runs(["1"], order_by=["start_time ASC"])
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    first, second = (r.data.metrics for r in runs)
+    keys = [k for k in first if k != "train_seconds"]
+    assert {k: first[k] for k in keys} == {k: second[k] for k in keys}
