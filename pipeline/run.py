@@ -56,6 +56,8 @@ def _search_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", help="Optuna storage URL (default: journal file in mlruns/)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
     parser.add_argument("--new", action="store_true", help="discard a study of the same name")
+    parser.add_argument("--worker-of", help=argparse.SUPPRESS)  # internal: a spawned worker
+    parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -317,12 +319,435 @@ def cmd_ui(args: argparse.Namespace) -> int:
         raise PipelineError("the `mlflow` command is not on PATH; activate the venv.") from None
 
 
+METRICS = {
+    "classification": (
+        "val_accuracy",
+        "val_loss",
+        "val_f1",
+        "val_precision",
+        "val_recall",
+        "val_roc_auc",
+    ),
+    "regression": ("val_loss", "val_mse", "val_rmse", "val_mae", "val_r2"),
+}
+
+
+def _check_metric(params: config.Params, task: str) -> None:
+    metric = params.search.metric
+    if metric not in METRICS[task]:
+        raise PipelineError(
+            f"search.metric {metric!r} is not available for {task}; use one of "
+            f"{', '.join(METRICS[task])} (with a matching search.direction)."
+        )
+
+
+def make_trial_fn(
+    params: config.Params, prep: Prepared, tracker: Any, parent_id: str, study: str
+) -> Any:
+    """The objective: one trial = one nested MLflow run trained with the sampled params."""
+    from pipeline import model
+    from pipeline.errors import TrialPruned
+    from pipeline.search import RUN_ATTR
+
+    metric = params.search.metric
+
+    def trial_fn(ctx: Any) -> float:
+        trial_params = config.with_values(params, ctx.values, origin=f"trial {ctx.number}")
+        tags = {
+            "pipeline.study": study,
+            "pipeline.trial": str(ctx.number),
+            "optuna.state": "RUNNING",
+        }
+
+        def hook(epoch: int, logs: dict[str, float]) -> bool:
+            return metric in logs and ctx.should_prune(epoch, logs[metric])
+
+        state = "FAIL"
+        try:
+            with tracker.run(f"trial-{ctx.number:04d}", parent_id=parent_id, tags=tags) as run_id:
+                ctx.remember(RUN_ATTR, run_id)
+                tracker.log_params(run_id, config.flatten(trial_params))
+                try:
+                    result = fit(trial_params, prep, seed=params.seed, on_epoch=hook)
+                    val = log_training(tracker, run_id, result, prep)
+                    with tempfile.TemporaryDirectory() as tmp:
+                        tracker.log_artifact(
+                            run_id, model.save(result.model, Path(tmp) / "model.keras")
+                        )
+                    if result.stopped_by == "hook":
+                        state = "PRUNED"
+                        tracker.set_tags(
+                            run_id, {"optuna.state": state, "pruned_at_epoch": result.epochs_run}
+                        )
+                        raise TrialPruned(f"pruned after epoch {result.epochs_run}")
+                    state = "COMPLETE"
+                    tracker.set_tags(run_id, {"optuna.state": state})
+                    return val[metric]
+                finally:
+                    if state == "FAIL":
+                        tracker.set_tags(run_id, {"optuna.state": state})
+        finally:
+            model.release()
+
+    return trial_fn
+
+
+def _progress(n_trials: int, metric: str) -> Any:
+    def show(s: Any) -> None:
+        value = f"{s.value:.4f}" if s.value is not None else "-"
+        best = f"{s.best_value:.4f} (#{s.best_number})" if s.best_value is not None else "-"
+        secs = f"{s.seconds:.1f}s" if s.seconds is not None else ""
+        log.info(
+            "trial %d %-8s %s=%s  | finished %d/%d, best %s, pruned %d, failed %d  %s",
+            s.number,
+            s.state,
+            metric,
+            value,
+            s.finished,
+            n_trials,
+            best,
+            s.pruned,
+            s.failed,
+            secs,
+        )
+
+    return show
+
+
+def _reconcile(tracker: Any, study: Any, parent_id: str | None) -> int:
+    """Close trial runs left RUNNING whose Optuna trial is no longer running (crashed worker)."""
+    from pipeline import search
+
+    if not parent_id:
+        return 0
+    states = search.trial_states(study)
+    closed = 0
+    for run_id in tracker.running_children(parent_id):
+        state = states.get(run_id, "FAIL")
+        if state != "RUNNING":
+            tracker.set_tags(run_id, {"optuna.state": state, "error": "worker died mid-trial"})
+            tracker.end_run(run_id, "KILLED")
+            closed += 1
+    return closed
+
+
+def _spawn_workers(
+    args: argparse.Namespace, k: int, parent_id: str, study: str, storage: str, uri: str
+) -> list[Any]:
+    import subprocess
+
+    argv = [
+        sys.executable,
+        "-m",
+        "pipeline.run",
+        "search",
+        "--workers",
+        "1",
+        "--worker-of",
+        parent_id,
+        "--study",
+        study,
+        "--storage",
+        storage,
+        "--tracking-uri",
+        uri,
+    ]
+    if args.params:
+        argv += ["-p", str(args.params)]
+    for o in args.overrides:
+        argv += ["--set", o]
+    for flag in ("seed", "trials", "timeout"):
+        if getattr(args, flag) is not None:
+            argv += [f"--{flag}", str(getattr(args, flag))]
+    env = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+    return [subprocess.Popen([*argv, "--worker-index", str(i + 1)], env=env) for i in range(k)]
+
+
+def _parent_artifacts(tracker: Any, parent_id: str, study: Any, params: config.Params) -> Any:
+    """Trials table, best params and study plots on the parent run; returns the table."""
+    import yaml
+
+    from pipeline import report, search
+
+    frame = search.trials_frame(study)
+    metric, maximize = params.search.metric, params.search.direction == "maximize"
+    tracker.log_text(parent_id, frame.to_csv(index=False), "trials.csv")
+    found = search.best(study)
+    if found is None:
+        return frame
+    number, value, best_params = found
+    tracker.log_text(
+        parent_id,
+        yaml.safe_dump({"trial": number, metric: value, "params": best_params}, sort_keys=False),
+        "best_params.yaml",
+    )
+    c = search.counts(study)
+    tracker.log_metrics(
+        parent_id,
+        {
+            f"best_{metric}": value,
+            "trials_complete": c["COMPLETE"],
+            "trials_pruned": c["PRUNED"],
+            "trials_failed": c["FAIL"],
+        },
+    )
+    tracker.log_figure(
+        parent_id, report.optimization_history(frame, metric, maximize), "optimization_history.png"
+    )
+    imp = search.importances(study)
+    if imp:
+        tracker.log_figure(parent_id, report.importance_figure(imp), "param_importances.png")
+    keys = list(params.search.space)
+    tracker.log_figure(
+        parent_id, report.parallel_coordinates(frame, keys, metric), "parallel_coordinates.png"
+    )
+    done = frame[frame["state"] == "COMPLETE"].sort_values("value", ascending=not maximize)
+    curves = {}
+    col = f"user_attrs_{search.RUN_ATTR}"
+    for _, row in done.head(params.search.top_k).iterrows():
+        if col in row and isinstance(row[col], str):
+            curves[f"trial {int(row['number'])}"] = tracker.metric_history(row[col], metric)
+    tracker.log_figure(parent_id, report.top_trial_curves(curves, metric), "top_trials_curves.png")
+    return frame
+
+
 def cmd_search(args: argparse.Namespace) -> int:
-    raise PipelineError("search is not available yet")
+    from pipeline import search
+
+    params = load_params(args)
+    if args.workers < 1:
+        raise PipelineError(f"--workers {args.workers}: give 1 or more worker processes.")
+    prep = prepare(params)
+    _check_metric(params, prep.dataset.task)
+    if args.workers > 1 or args.worker_of:
+        from pipeline import model
+
+        model.configure_threads(1)  # K single-threaded workers beat one K-threaded process
+    tracker = _tracker(params)
+    study_name = args.study or experiment_name(params)
+    storage_url = args.storage or search.default_storage()
+    storage = search.make_storage(storage_url, retries=params.search.retries)
+    study = search.open_study(
+        study_name,
+        storage,
+        params.search,
+        seed=params.seed,
+        max_epochs=params.train.epochs,
+        new=args.new and not args.worker_of,
+        worker=args.worker_index,
+    )
+    n_trials = params.search.n_trials
+    progress = _progress(n_trials, params.search.metric)
+    if args.worker_of:  # a spawned worker: trials only; the parent process does the rest
+        fn = make_trial_fn(params, prep, tracker, args.worker_of, study_name)
+        search.optimize(
+            study,
+            fn,
+            params.search,
+            n_trials=n_trials,
+            timeout=params.search.timeout,
+            on_trial_end=progress,
+        )
+        return 0
+
+    for number, _ in search.reap_stale_trials(study, retries=params.search.retries):
+        log.warning("trial %d of a dead worker marked FAIL", number)
+    parent_id = search.study_attr(study, "mlflow_parent_run_id")
+    resumed = tracker.exists(parent_id)
+    _reconcile(tracker, study, parent_id if resumed else None)
+    ds = prep.dataset
+    tags = {
+        "pipeline.kind": "study",
+        "pipeline.study": study_name,
+        "optuna.storage": tracking_mask(storage_url),
+    }
+    before = search.counts(study)
+    log.info(
+        "study %r: %d/%d trials finished before this run; data %s (%d rows, %s)",
+        study_name,
+        before["finished"],
+        n_trials,
+        ds.name,
+        len(ds.y),
+        ds.task,
+    )
+    with tracker.run(
+        f"study-{study_name}", tags=tags, resume_id=parent_id if resumed else None
+    ) as parent_id:
+        if not resumed:
+            search.set_study_attr(study, "mlflow_parent_run_id", parent_id)
+            tracker.log_params(
+                parent_id,
+                {k: v for k, v in config.flatten(params).items() if not k.startswith("search.")},
+            )
+            tracker.log_text(
+                parent_id, config.space_fingerprint(params.search.space), "search_space.yaml"
+            )
+            tracker.log_dataset(
+                parent_id,
+                _frame(prep, ds.X, ds.y),
+                name=ds.name,
+                source=params.data.source,
+                target=ds.target_name,
+            )
+        workers = []
+        if args.workers > 1 and before["finished"] < n_trials:
+            workers = _spawn_workers(
+                args, args.workers - 1, parent_id, study_name, storage_url, tracker.uri
+            )
+        try:
+            fn = make_trial_fn(params, prep, tracker, parent_id, study_name)
+            search.optimize(
+                study,
+                fn,
+                params.search,
+                n_trials=n_trials,
+                timeout=params.search.timeout,
+                on_trial_end=progress,
+            )
+            for w in workers:
+                w.wait()
+        except BaseException:
+            for w in workers:
+                w.terminate()
+            for w in workers:
+                w.wait()
+            _reconcile(tracker, study, parent_id)
+            _print_study(study, params)
+            raise
+        _reconcile(tracker, study, parent_id)
+        _parent_artifacts(tracker, parent_id, study, params)
+        found = search.best(study)
+        if found is None:
+            raise PipelineError(
+                f"study {study_name!r}: no trial completed (see the failed trials' `error` tags "
+                "in MLflow); nothing to evaluate or register."
+            )
+        number, value, best_values = found
+        champion = config.with_values(params, best_values, origin=f"best trial {number}")
+        name = params.tracking.model_name or experiment_name(params)
+        with tracker.run(
+            "champion",
+            parent_id=parent_id,
+            tags={
+                "pipeline.study": study_name,
+                "pipeline.kind": "champion",
+                "pipeline.best_trial": str(number),
+            },
+        ) as champ_id:
+            tracker.log_params(champ_id, config.flatten(champion))
+            result = fit(champion, prep, seed=params.seed)
+            log_training(tracker, champ_id, result, prep)
+            test, uri, version = log_champion(
+                tracker,
+                champ_id,
+                champion,
+                prep,
+                result,
+                register_as=name if params.tracking.register_model else None,
+            )
+        tracker.log_metrics(parent_id, test)
+    _print_study(study, params)
+    from pipeline import report
+
+    print(
+        f"\nchampion = best trial {number} ({params.search.metric} {value:.4f}), retrained on "
+        "the train split with its params and evaluated once on the test split:"
+    )
+    print(report.table([{"metric": k, "value": v} for k, v in test.items()], ["metric", "value"]))
+    where = f"models:/{name}@champion (version {version})" if version else uri
+    print(f"\nmodel: {where}")
+    print(f"open the UI:  python -m pipeline.run ui    then  {tracker.ui_url()}")
+    return 0
+
+
+def tracking_mask(url: str) -> str:
+    from pipeline.tracking import mask_secret
+
+    return mask_secret(url)
+
+
+def _print_study(study: Any, params: config.Params) -> None:
+    from pipeline import report, search
+
+    c = search.counts(study)
+    frame = search.trials_frame(study)
+    maximize = params.search.direction == "maximize"
+    print(f"\nstudy: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed")
+    done = frame[frame["state"] == "COMPLETE"].sort_values("value", ascending=not maximize)
+    cols = ["number", "value", *[f"params_{k}" for k in params.search.space]]
+    rows = [
+        {c.replace("params_", ""): r[c] for c in cols if c in r}
+        for _, r in done.head(params.search.top_k).iterrows()
+    ]
+    if rows:
+        print(report.table(rows, [c.replace("params_", "") for c in cols]))
+
+
+def _scalar(text: str | None) -> Any:
+    """MLflow stores params as text; give numbers back as numbers for tables and plots."""
+    try:
+        return float(text) if text is not None and not text.isalpha() else text
+    except ValueError:
+        return text
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    raise PipelineError("report is not available yet")
+    """Top trials of a study read back from the tracking store, and the study plots."""
+    import pandas as pd
+
+    from pipeline import report
+
+    params = load_params(args)
+    tracker = _tracker(params)
+    study = args.study or experiment_name(params)
+    metric = params.search.metric
+    maximize = params.search.direction == "maximize"
+    runs = tracker.runs(f"tags.`pipeline.study` = '{study}'")
+    trials = [r for r in runs if "pipeline.trial" in r.data.tags]
+    if not trials:
+        raise PipelineError(
+            f"no trials of study {study!r} in {tracker.display_uri} (experiment "
+            f"{tracker.experiment_name!r}). Run `search` first, or pass --study, -p or "
+            "--tracking-uri."
+        )
+    keys = list(params.search.space)
+    rows = []
+    for r in trials:
+        row = {
+            "number": int(r.data.tags["pipeline.trial"]),
+            "state": r.data.tags.get("optuna.state", "?"),
+            "value": r.data.metrics.get(metric),
+            "run_id": r.info.run_id,
+            "epochs": r.data.metrics.get("epochs_run"),
+        }
+        row.update({f"params_{k}": _scalar(r.data.params.get(k)) for k in keys})
+        rows.append(row)
+    frame = pd.DataFrame(rows).sort_values("number")
+    ranked = frame[frame["state"] == "COMPLETE"].sort_values("value", ascending=not maximize)
+    shown = [
+        {
+            "trial": r["number"],
+            metric: r["value"],
+            "epochs": r["epochs"],
+            **{k: r[f"params_{k}"] for k in keys},
+        }
+        for _, r in ranked.head(args.top).iterrows()
+    ]
+    counts = frame["state"].value_counts().to_dict()
+    print(f"study {study!r}: {len(frame)} trials {counts}")
+    print(report.table(shown, ["trial", metric, "epochs", *keys]))
+    out = args.out or Path("mlruns") / "reports" / study
+    out.mkdir(parents=True, exist_ok=True)
+    report.optimization_history(frame, metric, maximize).savefig(out / "optimization_history.png")
+    report.parallel_coordinates(frame, keys, metric).savefig(out / "parallel_coordinates.png")
+    curves = {
+        f"trial {r['number']}": tracker.metric_history(r["run_id"], metric)
+        for _, r in ranked.head(min(args.top, 5)).iterrows()
+    }
+    report.top_trial_curves(curves, metric).savefig(out / "top_trials_curves.png")
+    print(f"plots written to {out}/")
+    return 0
 
 
 def _sigterm_as_interrupt() -> None:
@@ -338,8 +763,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("mlflow", "alembic", "optuna", "absl", "tensorflow", "urllib3"):
+    for noisy in ("mlflow", "alembic", "optuna", "absl", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notices between trials
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

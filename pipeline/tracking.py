@@ -129,18 +129,27 @@ class Tracker:
 
     @contextmanager
     def run(
-        self, name: str, *, parent_id: str | None = None, tags: Mapping[str, str] | None = None
+        self,
+        name: str,
+        *,
+        parent_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        resume_id: str | None = None,
     ) -> Iterator[str]:
-        """Create a run, yield its id, and always end it with an explicit status.
-
-        Success or a pruned trial -> FINISHED; Ctrl-C/SIGTERM -> KILLED; anything else ->
-        FAILED with the reason in the `error` tag. The exception still propagates.
+        """Create (or with `resume_id`, reopen) a run, yield its id, and always end it with an
+        explicit status: success or a pruned trial -> FINISHED; Ctrl-C/SIGTERM -> KILLED;
+        anything else -> FAILED with the reason in the `error` tag. The exception propagates.
         """
         all_tags = {**environment_tags(), **(tags or {})}
         if parent_id:
             all_tags[PARENT_TAG] = parent_id
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
-        run_id = run.info.run_id
+        if resume_id:
+            self.client.update_run(resume_id, status="RUNNING")
+            self.set_tags(resume_id, all_tags)
+            run_id = resume_id
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+            run_id = run.info.run_id
         status = "FAILED"
         try:
             yield run_id
@@ -160,9 +169,26 @@ class Tracker:
     def end_run(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status)
 
-    def resume(self, run_id: str) -> None:
-        """Mark an existing (e.g. resumed study's parent) run RUNNING again."""
-        self.client.update_run(run_id, status="RUNNING")
+    def exists(self, run_id: str | None) -> bool:
+        """True if the run is in this store and experiment (a resumed study's parent)."""
+        if not run_id:
+            return False
+        try:
+            run = self.client.get_run(run_id)
+        except Exception:  # noqa: BLE001 - MLflow raises its own not-found exception
+            return False
+        return run.info.experiment_id == self.experiment_id
+
+    def running_children(self, parent_id: str) -> list[str]:
+        """Ids of the parent's child runs still marked RUNNING."""
+        found = self.runs(f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = 'RUNNING'")
+        return [r.info.run_id for r in found]
+
+    def metric_history(self, run_id: str, key: str) -> list[float]:
+        return [
+            m.value
+            for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.step)
+        ]
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag

@@ -155,3 +155,111 @@ def test_train_command_is_reproducible_for_a_seed(workdir, store_uri, capsys):
     first, second = (r.data.metrics for r in runs)
     keys = [k for k in first if k != "train_seconds"]
     assert {k: first[k] for k in keys} == {k: second[k] for k in keys}
+
+
+FAST = [
+    "--set",
+    "train.epochs=4",
+    "--set",
+    "model.hidden=[32]",
+    "--set",
+    "search.n_startup_trials=2",
+]
+
+
+@pytest.mark.slow
+def test_search_resumes_to_the_total_registers_a_champion_and_predict_reproduces_it(
+    workdir, store_uri, capsys
+):
+    import mlflow
+    import pandas as pd
+
+    base = ["search", "--tracking-uri", store_uri, *FAST]
+    assert run.main([*base, "--trials", "4"]) == 0
+    assert run.main([*base, "--trials", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "champion = best trial" in out and "test_accuracy" in out and "pipeline.run ui" in out
+
+    client = mlflow.MlflowClient(store_uri)
+    runs = client.search_runs(["1"], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("pipeline.kind") == "study"]
+    assert len(parents) == 1
+    parent = parents[0].info.run_id
+    trials = [r for r in runs if "pipeline.trial" in r.data.tags]
+    assert len(trials) == 6
+    assert all(r.data.tags["mlflow.parentRunId"] == parent for r in trials)
+    assert len({tuple(sorted(r.data.params)) for r in trials}) == 1  # same keys in every trial
+    assert all(r.info.status != "RUNNING" for r in runs)
+    assert {r.data.tags["optuna.state"] for r in trials} <= {"COMPLETE", "PRUNED"}
+    assert "lr" in trials[0].data.metrics and "epochs_run" in trials[0].data.metrics
+    artifacts = {a.path for a in client.list_artifacts(parent)}
+    assert {
+        "trials.csv",
+        "best_params.yaml",
+        "optimization_history.png",
+        "parallel_coordinates.png",
+        "top_trials_curves.png",
+    } <= artifacts
+    assert {a.path for a in client.list_artifacts(trials[0].info.run_id)} == {"model.keras"}
+
+    version = client.get_model_version_by_alias("default", "champion")
+    champion = client.get_run(version.run_id)
+    assert champion.data.tags["mlflow.parentRunId"] == parent
+
+    # The registered champion scores raw test rows to its logged test accuracy.
+    params = config.load(REPO / "params" / "default.yaml", FAST[1::2])
+    prep = run.prepare(params)
+    run._frame(prep, prep.raw.X_test, prep.raw.y_test).to_csv(workdir / "test.csv", index=False)
+    assert (
+        run.main(
+            [
+                "predict",
+                "--model",
+                "models:/default@champion",
+                "--data",
+                "test.csv",
+                "--out",
+                "pred.csv",
+                "--tracking-uri",
+                store_uri,
+            ]
+        )
+        == 0
+    )
+    pred = pd.read_csv(workdir / "pred.csv")["prediction"].to_numpy()
+    acc = float((pred == prep.raw.y_test).mean())
+    assert acc == pytest.approx(champion.data.metrics["test_accuracy"])
+
+    assert run.main(["report", "--tracking-uri", store_uri, "--out", str(workdir / "rep")]) == 0
+    listing = capsys.readouterr().out
+    assert "6 trials" in listing and (workdir / "rep" / "optimization_history.png").is_file()
+
+
+@pytest.mark.slow
+def test_a_diverging_trial_fails_and_the_study_still_completes(workdir, store_uri, capsys):
+    import mlflow
+
+    space = "search.space={train.learning_rate: {choices: [0.01, 1.0e+12]}}"
+    argv = [
+        "search",
+        "--tracking-uri",
+        store_uri,
+        *FAST,
+        "--trials",
+        "1",
+        "--set",
+        "search.sampler=grid",
+        "--set",
+        "train.optimizer=sgd",
+        "--set",
+        "model.activation=linear",
+        "--set",
+        space,
+    ]
+    assert run.main(argv) == 0
+    runs = mlflow.MlflowClient(store_uri).search_runs(["1"])
+    failed = [r for r in runs if r.data.tags.get("optuna.state") == "FAIL"]
+    assert len(failed) == 1 and failed[0].info.status == "FAILED"
+    assert "diverged" in failed[0].data.tags["error"]
+    assert any(r.data.tags.get("pipeline.kind") == "champion" for r in runs)
+    assert all(r.info.status != "RUNNING" for r in runs)
