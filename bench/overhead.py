@@ -1,0 +1,71 @@
+"""Tracking overhead: the pipeline's search (every trial a nested MLflow run with params,
+per-epoch metrics and weights) vs a bare Optuna + Keras loop training the very same trials
+with no logging. Both sides run in this process, on the same prepared data and seeds, after
+a shared warm-up; prints seconds per side and the ratio (DESIGN.md target <= 1.05x).
+
+    python bench/overhead.py [--trials 10] [--epochs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+
+from pipeline import config, model, run, search
+from pipeline.tracking import Tracker
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trials", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=20)
+    args = ap.parse_args()
+    repo = Path(__file__).resolve().parent.parent
+    params = config.load(
+        repo / "params" / "default.yaml",
+        [f"train.epochs={args.epochs}", "search.pruner=none", f"search.n_trials={args.trials}"],
+    )
+    prep = run.prepare(params)
+    model.release()
+    run.fit(params, prep, seed=params.seed)  # warm-up: TensorFlow start, first tracing
+
+    def bare(ctx: search.TrialContext) -> float:
+        trial_params = config.with_values(params, ctx.values)
+        result = run.fit(trial_params, prep, seed=params.seed)
+        value = run.score(result, prep, "val")[params.search.metric]
+        model.release()
+        return value
+
+    timings = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker = Tracker(f"sqlite:///{tmp}/mlflow.db", "bench")
+        for side in ("bare", "pipeline", "bare", "pipeline"):  # interleaved against drift
+            storage = optuna.storages.InMemoryStorage()
+            study = search.open_study(
+                f"{side}", storage, params.search, seed=params.seed, max_epochs=args.epochs
+            )
+            if side == "pipeline":
+                with tracker.run("study") as parent:
+                    fn = run.make_trial_fn(params, prep, tracker, parent, side)
+                    started = time.perf_counter()
+                    search.optimize(study, fn, params.search, n_trials=args.trials, timeout=None)
+            else:
+                started = time.perf_counter()
+                search.optimize(study, bare, params.search, n_trials=args.trials, timeout=None)
+            timings.setdefault(side, []).append(time.perf_counter() - started)
+            timings.setdefault(f"{side}_values", []).append([t.value for t in study.trials])
+    assert timings["bare_values"][0] == timings["pipeline_values"][0], (
+        "sides trained different trials"
+    )
+    b, p = min(timings["bare"]), min(timings["pipeline"])
+    print(f"trials per side: {args.trials}, epochs: {args.epochs} (best of 2 rounds each)")
+    print(f"bare Optuna + Keras: {b:.1f} s   pipeline (MLflow tracked): {p:.1f} s")
+    print(f"tracking overhead ratio: {p / b:.3f}x")
+
+
+if __name__ == "__main__":
+    main()
