@@ -137,6 +137,12 @@ def prepare(params: config.Params) -> Prepared:
     return Prepared(dataset, raw, scaled, scaler)
 
 
+def start_keras() -> None:
+    from pipeline import model
+
+    model.warm_up()
+
+
 def _frame(prep: Prepared, X: Any, y: Any | None = None) -> Any:
     """Raw (unscaled) rows as a data frame with the feature names, optionally with the target."""
     import numpy as np
@@ -237,6 +243,7 @@ def _tracker(params: config.Params) -> Any:
 def cmd_train(args: argparse.Namespace) -> int:
     params = load_params(args)
     prep = prepare(params)  # bad data fails here, before any run exists
+    start_keras()
     tracker = _tracker(params)
     ds = prep.dataset
     log.info(
@@ -511,6 +518,38 @@ def _parent_artifacts(tracker: Any, parent_id: str, study: Any, params: config.P
     return frame
 
 
+def _optimize_to_budget(
+    study: Any, fn: Any, params: config.Params, workers: list[Any], progress: Any
+) -> None:
+    """Run trials here (and wait for the spawned workers) until n_trials have finished.
+
+    Workers stop starting trials once running + finished trials fill the budget; if one of
+    those running trials then fails, the budget is topped up here after the workers exit.
+    """
+    import time
+
+    from pipeline import search
+
+    n_trials, timeout = params.search.n_trials, params.search.timeout
+    started = time.monotonic()
+    search.optimize(
+        study, fn, params.search, n_trials=n_trials, timeout=timeout, on_trial_end=progress
+    )
+    for w in workers:
+        w.wait()
+    while True:
+        c = search.counts(study)
+        left = None if timeout is None else timeout - (time.monotonic() - started)
+        if c["finished"] >= n_trials or (left is not None and left <= 0):
+            return
+        search.reap_stale_trials(study, retries=params.search.retries)  # workers are gone
+        search.optimize(
+            study, fn, params.search, n_trials=n_trials, timeout=left, on_trial_end=progress
+        )
+        if search.counts(study)["finished"] == c["finished"]:
+            return  # nothing finished (every trial failed): stop rather than loop
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from pipeline import search
 
@@ -523,6 +562,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         from pipeline import model
 
         model.configure_threads(1)  # K single-threaded workers beat one K-threaded process
+    start_keras()
     tracker = _tracker(params)
     study_name = args.study or experiment_name(params)
     storage_url = args.storage or search.default_storage()
@@ -597,16 +637,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             )
         try:
             fn = make_trial_fn(params, prep, tracker, parent_id, study_name)
-            search.optimize(
-                study,
-                fn,
-                params.search,
-                n_trials=n_trials,
-                timeout=params.search.timeout,
-                on_trial_end=progress,
-            )
-            for w in workers:
-                w.wait()
+            _optimize_to_budget(study, fn, params, workers, progress)
         except BaseException:
             for w in workers:
                 w.terminate()

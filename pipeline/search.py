@@ -322,13 +322,17 @@ def optimize(
                     seconds,
                 )
             )
-        if c["finished"] >= n_trials:
+        # Other workers' running trials will finish too: stop once they can fill the budget,
+        # so K workers do not overshoot n_trials. (If one of them fails, `optimize` is simply
+        # called again by the caller until the budget is met.)
+        if c["finished"] + c["RUNNING"] >= n_trials:
             study.stop()
         elif failures >= max(2 * n_trials, 5):
             log.error("stopping: %d trials of this worker failed", failures)
             study.stop()
 
-    if counts(study)["finished"] >= n_trials:
+    c = counts(study)
+    if c["finished"] + c["RUNNING"] >= n_trials:
         return
     study.optimize(
         objective,

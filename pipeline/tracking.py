@@ -8,6 +8,7 @@ FAILED (with the reason as a tag) or KILLED (Ctrl-C / SIGTERM) - never left RUNN
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -57,8 +58,10 @@ def _bound_client_retries() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 
+@functools.cache
 def environment_tags() -> dict[str, str]:
-    """Git commit and package versions, so a run says exactly what produced it."""
+    """Git commit and package versions, so a run says exactly what produced it (read once per
+    process: a `git` subprocess per trial run would be pure tracking overhead)."""
     tags = {f"version.{name}": _version(name) for name in _VERSIONED}
     try:
         commit = subprocess.run(
@@ -140,7 +143,7 @@ class Tracker:
         explicit status: success or a pruned trial -> FINISHED; Ctrl-C/SIGTERM -> KILLED;
         anything else -> FAILED with the reason in the `error` tag. The exception propagates.
         """
-        all_tags = {**environment_tags(), **(tags or {})}
+        all_tags = {**environment_tags(), **(tags or {})}  # a copy: the cache stays intact
         if parent_id:
             all_tags[PARENT_TAG] = parent_id
         if resume_id:

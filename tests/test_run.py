@@ -263,3 +263,106 @@ def test_a_diverging_trial_fails_and_the_study_still_completes(workdir, store_ur
     assert "diverged" in failed[0].data.tags["error"]
     assert any(r.data.tags.get("pipeline.kind") == "champion" for r in runs)
     assert all(r.info.status != "RUNNING" for r in runs)
+
+
+def _start_search(workdir, store_uri, *extra):
+    """A search in a subprocess whose trials run long enough to be interrupted."""
+    import os
+
+    argv = [
+        sys.executable,
+        "-m",
+        "pipeline.run",
+        "search",
+        "--tracking-uri",
+        store_uri,
+        "--set",
+        "train.epochs=400",
+        "--set",
+        "train.early_stopping.patience=0",
+        "--set",
+        "model.hidden=[32]",
+        "--set",
+        "search.pruner=none",
+        *extra,
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        argv, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _wait_for_running_trial(store_uri, proc, timeout=180.0):
+    import time
+
+    import mlflow
+
+    client = mlflow.MlflowClient(store_uri)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(proc.communicate()[1][-3000:])
+        try:
+            runs = client.search_runs(["1"], "attributes.status = 'RUNNING'")
+        except Exception:  # noqa: BLE001 - the store may not exist yet
+            runs = []
+        trials = [r for r in runs if "pipeline.trial" in r.data.tags]
+        if trials:
+            time.sleep(3.0)  # well inside fit()
+            return trials[0].info.run_id
+        time.sleep(0.5)
+    raise AssertionError("no trial started in time")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_interrupt_ends_runs_killed_marks_the_trial_and_exits_130(workdir, store_uri, signame):
+    import signal
+
+    import mlflow
+
+    from pipeline import search
+
+    proc = _start_search(workdir, store_uri, "--trials", "3")
+    trial_run = _wait_for_running_trial(store_uri, proc)
+    proc.send_signal(getattr(signal, signame))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err
+    runs = mlflow.MlflowClient(store_uri).search_runs(["1"])
+    assert all(r.info.status != "RUNNING" for r in runs)
+    assert {r.info.run_id: r.info.status for r in runs}[trial_run] == "KILLED"
+    storage = search.make_storage(str(workdir / "mlruns" / "optuna-journal.log"), retries=0)
+    import optuna
+
+    study = optuna.load_study(study_name="default", storage=storage)
+    assert [t.state.name for t in study.trials] == ["FAIL"]
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_reconciled_on_the_next_start(workdir, store_uri, capsys):
+    import mlflow
+    import optuna
+
+    from pipeline import search
+
+    proc = _start_search(workdir, store_uri, "--trials", "3")
+    trial_run = _wait_for_running_trial(store_uri, proc)
+    proc.kill()  # SIGKILL: no handler runs, the trial and its run stay RUNNING
+    proc.communicate()
+    client = mlflow.MlflowClient(store_uri)
+    assert client.get_run(trial_run).info.status == "RUNNING"
+
+    # The next start marks the dead trial FAIL, closes its run and retries its params.
+    assert run.main(["search", "--tracking-uri", store_uri, "--trials", "1", *FAST]) == 0
+    old = client.get_run(trial_run)
+    assert old.info.status == "KILLED" and old.data.tags["optuna.state"] == "FAIL"
+    storage = search.make_storage(str(workdir / "mlruns" / "optuna-journal.log"), retries=0)
+    study = optuna.load_study(study_name="default", storage=storage)
+    states = [t.state.name for t in study.trials]
+    assert states == ["FAIL", "COMPLETE"]
+    assert study.trials[1].params == study.trials[0].params  # the retry
+    assert "died" in study.trials[0].user_attrs[search.REASON_ATTR]
+    runs = client.search_runs(["1"])
+    assert all(r.info.status != "RUNNING" for r in runs)
+    assert len([r for r in runs if r.data.tags.get("pipeline.kind") == "study"]) == 1
