@@ -181,6 +181,15 @@ def score(result: Any, prep: Prepared, split: str) -> dict[str, float]:
     return {f"{split}_{k}": v for k, v in metrics.items()}
 
 
+def log_dataset(tracker: Any, run_id: str, params: config.Params, prep: Prepared) -> None:
+    """The whole data set (raw features and labels) as the run's MLflow dataset input."""
+    ds = prep.dataset
+    frame = _frame(prep, ds.X, ds.y)
+    tracker.log_dataset(
+        run_id, frame, name=ds.name, source=params.data.source, target=ds.target_name
+    )
+
+
 def log_training(tracker: Any, run_id: str, result: Any, prep: Prepared) -> dict[str, float]:
     """Per-epoch curves, epochs run, seconds and final validation metrics of one training."""
     tracker.log_history(run_id, result.history)
@@ -251,13 +260,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     with tracker.run("train", tags={"pipeline.kind": "train"}) as run_id:
         tracker.log_params(run_id, config.flatten(params))
-        tracker.log_dataset(
-            run_id,
-            _frame(prep, ds.X, ds.y),
-            name=ds.name,
-            source=params.data.source,
-            target=ds.target_name,
-        )
+        log_dataset(tracker, run_id, params, prep)
         result = fit(params, prep, seed=params.seed)
         val = log_training(tracker, run_id, result, prep)
         test, uri, _ = log_champion(tracker, run_id, params, prep, result, register_as=None)
@@ -320,10 +323,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     cmd = tracking.ui_command(tracker.uri, port=args.port)
     print(f"MLflow UI for {tracker.display_uri}: {tracker.ui_url(port=args.port)}")
     print("(Ctrl-C to stop)")
-    try:
-        return subprocess.call(cmd)
-    except FileNotFoundError:
-        raise PipelineError("the `mlflow` command is not on PATH; activate the venv.") from None
+    return subprocess.call(cmd)
 
 
 METRICS = {
@@ -623,13 +623,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             tracker.log_text(
                 parent_id, config.space_fingerprint(params.search.space), "search_space.yaml"
             )
-            tracker.log_dataset(
-                parent_id,
-                _frame(prep, ds.X, ds.y),
-                name=ds.name,
-                source=params.data.source,
-                target=ds.target_name,
-            )
+            log_dataset(tracker, parent_id, params, prep)
         workers = []
         if args.workers > 1 and before["finished"] < n_trials:
             workers = _spawn_workers(

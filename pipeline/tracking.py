@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -314,7 +315,7 @@ def _pip_requirements() -> list[str]:
 
 def ui_command(uri: str, port: int = 5000) -> list[str]:
     """The `mlflow ui` command for a store, bound to 127.0.0.1."""
-    cmd = ["mlflow", "ui", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port)]
     if not uri.startswith("http"):
         cmd += ["--backend-store-uri", uri]
         root = _artifact_root(uri)

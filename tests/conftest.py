@@ -13,6 +13,16 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The five knobs of the mission, as flattened param keys (what every tracked run must log).
+MISSION_KEYS = (
+    "model.activation",
+    "model.initializer",
+    "model.dropout",
+    "train.batch_size",
+    "train.lr_decay.kind",
+    "train.lr_decay.rate",
+)
+
 
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from conftest import MISSION_KEYS
 
 from pipeline import config
 from pipeline.errors import ConfigError
@@ -88,16 +89,7 @@ def test_search_space_is_checked_against_params(tmp_path: Path) -> None:
 
 def test_flatten_gives_dotted_keys_without_the_space() -> None:
     flat = config.flatten(config.Params())
-    for key in (
-        "model.activation",
-        "model.initializer",
-        "model.dropout",
-        "train.batch_size",
-        "train.lr_decay.kind",
-        "train.lr_decay.rate",
-        "seed",
-        "data.source",
-    ):
+    for key in (*MISSION_KEYS, "seed", "data.source"):
         assert key in flat
     assert not any(k.startswith("search.space") for k in flat)
 

@@ -3,10 +3,26 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import MISSION_KEYS
 
 from pipeline import config, run
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def predict_argv(model_uri: str, store_uri: str) -> list[str]:
+    """`predict` of test.csv into pred.csv in the cwd."""
+    return [
+        "predict",
+        "--model",
+        model_uri,
+        "--data",
+        "test.csv",
+        "--out",
+        "pred.csv",
+        "--tracking-uri",
+        store_uri,
+    ]
 
 
 def test_bare_command_means_search_and_flags_parse():
@@ -78,15 +94,7 @@ def test_train_end_to_end_logs_a_complete_run_and_a_servable_model(workdir, stor
 
     logged = mlflow.MlflowClient(store_uri).get_run(run_id)
     assert logged.info.status == "FINISHED"
-    for key in (
-        "model.activation",
-        "model.initializer",
-        "model.dropout",
-        "train.batch_size",
-        "train.lr_decay.kind",
-        "train.lr_decay.rate",
-    ):
-        assert key in logged.data.params
+    assert set(MISSION_KEYS) <= set(logged.data.params)
     assert {"val_accuracy", "test_accuracy", "lr", "epochs_run", "train_seconds"} <= set(
         logged.data.metrics
     )
@@ -104,15 +112,7 @@ def test_train_end_to_end_logs_a_complete_run_and_a_servable_model(workdir, stor
             sys.executable,
             "-m",
             "pipeline.run",
-            "predict",
-            "--model",
-            "models:/iris-test@champion",
-            "--data",
-            "test.csv",
-            "--out",
-            "pred.csv",
-            "--tracking-uri",
-            store_uri,
+            *predict_argv("models:/iris-test@champion", store_uri),
         ],
         capture_output=True,
         text=True,
@@ -210,22 +210,7 @@ def test_search_resumes_to_the_total_registers_a_champion_and_predict_reproduces
     params = config.load(REPO / "params" / "default.yaml", FAST[1::2])
     prep = run.prepare(params)
     run._frame(prep, prep.raw.X_test, prep.raw.y_test).to_csv(workdir / "test.csv", index=False)
-    assert (
-        run.main(
-            [
-                "predict",
-                "--model",
-                "models:/default@champion",
-                "--data",
-                "test.csv",
-                "--out",
-                "pred.csv",
-                "--tracking-uri",
-                store_uri,
-            ]
-        )
-        == 0
-    )
+    assert run.main(predict_argv("models:/default@champion", store_uri)) == 0
     pred = pd.read_csv(workdir / "pred.csv")["prediction"].to_numpy()
     acc = float((pred == prep.raw.y_test).mean())
     assert acc == pytest.approx(champion.data.metrics["test_accuracy"])
@@ -366,3 +351,43 @@ def test_a_killed_worker_is_reconciled_on_the_next_start(workdir, store_uri, cap
     runs = client.search_runs(["1"])
     assert all(r.info.status != "RUNNING" for r in runs)
     assert len([r for r in runs if r.data.tags.get("pipeline.kind") == "study"]) == 1
+
+
+@pytest.mark.slow
+def test_ui_serves_the_store_on_localhost(workdir, store_uri):
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.run",
+            "ui",
+            "--port",
+            str(port),
+            "--tracking-uri",
+            store_uri,
+        ],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        status = None
+        while time.monotonic() < deadline and status != 200:
+            try:
+                status = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).status
+            except OSError:
+                time.sleep(1)
+        assert status == 200
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+    assert f"http://127.0.0.1:{port}/#/experiments/1/runs" in out
