@@ -323,7 +323,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
     cmd = tracking.ui_command(tracker.uri, port=args.port)
     print(f"MLflow UI for {tracker.display_uri}: {tracker.ui_url(port=args.port)}")
     print("(Ctrl-C to stop)")
-    return subprocess.call(cmd)
+    server = subprocess.Popen(cmd)
+    try:
+        return server.wait()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the server too, that is the normal end
+        server.terminate()
+        server.wait(timeout=30)
+        print("MLflow UI stopped.")
+        return 0
 
 
 METRICS = {

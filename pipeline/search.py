@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import socket
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,13 +90,15 @@ def make_storage(url: str | None, *, retries: int) -> Any:
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     try:
-        return RDBStorage(
-            url,
-            engine_kwargs={"pool_pre_ping": True},
-            heartbeat_interval=_HEARTBEAT_SECONDS,
-            grace_period=3 * _HEARTBEAT_SECONDS,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=retries),
-        )
+        with warnings.catch_warnings():  # heartbeat and retries are "experimental" since v2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                url,
+                engine_kwargs={"pool_pre_ping": True},
+                heartbeat_interval=_HEARTBEAT_SECONDS,
+                grace_period=3 * _HEARTBEAT_SECONDS,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=retries),
+            )
     except Exception as exc:  # noqa: BLE001 - driver and connection errors vary
         from pipeline.tracking import mask_secret  # string helper only, no MLflow import
 

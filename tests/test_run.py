@@ -391,3 +391,125 @@ def test_ui_serves_the_store_on_localhost(workdir, store_uri):
         proc.terminate()
         out = proc.communicate(timeout=30)[0]
     assert f"http://127.0.0.1:{port}/#/experiments/1/runs" in out
+
+
+@pytest.mark.slow
+def test_train_on_a_regression_csv_logs_residuals_and_predicts_values(workdir, store_uri):
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    X = rng.uniform(size=(120, 3))
+    frame = pd.DataFrame(X, columns=["a", "b", "c"])
+    frame["price"] = X @ np.array([3.0, -1.0, 0.5]) + 0.1 * rng.normal(size=120)
+    frame.to_csv(workdir / "houses.csv", index=False)
+    argv = [
+        "train",
+        "--tracking-uri",
+        store_uri,
+        "--set",
+        "data.source=houses.csv",
+        "--set",
+        "train.epochs=5",
+        "--set",
+        "model.hidden=[16]",
+    ]
+    assert run.main(argv) == 0
+    client = mlflow.MlflowClient(store_uri)
+    (logged,) = client.search_runs(["1"])
+    assert logged.info.status == "FINISHED" and logged.data.params["data.task"] == "auto"
+    assert {"test_rmse", "test_r2", "val_rmse"} <= set(logged.data.metrics)
+    assert "residuals.png" in {a.path for a in client.list_artifacts(logged.info.run_id)}
+    frame.drop(columns=["price"]).head(5).to_csv(workdir / "test.csv", index=False)
+    model_uri = client.search_logged_models(["1"])[0].model_uri
+    assert run.main(predict_argv(model_uri, store_uri)) == 0
+    pred = pd.read_csv(workdir / "pred.csv")["prediction"]
+    assert len(pred) == 5 and pred.dtype == float
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_scale_out_postgres_storage_tracking_server_and_two_workers(workdir, capsys):
+    """Needs PostgreSQL on 127.0.0.1:5432 (PIPELINE_TEST_PG_URL overrides); skipped without it
+    on a developer machine, required in CI. Starts a real MLflow tracking server."""
+    import os
+    import socket
+    import time
+    import urllib.request
+
+    import mlflow
+    import optuna
+    from test_search import PG_URL, _pg_available
+
+    if not _pg_available():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL not reachable at {PG_URL} in CI")
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{workdir / 'server.db'}",
+            "--artifacts-destination",
+            str(workdir / "server-artifacts"),
+        ],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    study = f"scale-out-{os.getpid()}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "tracking server did not start"
+                time.sleep(1)
+        argv = [
+            "search",
+            "--storage",
+            PG_URL,
+            "--tracking-uri",
+            uri,
+            "--study",
+            study,
+            "--workers",
+            "2",
+            "--trials",
+            "6",
+            "--new",
+            *FAST,
+            *("--set", "train.epochs=20", "--set", "search.pruner=none"),  # time for both workers
+        ]
+        assert run.main(argv) == 0
+        client = mlflow.MlflowClient(uri)
+        exp = client.get_experiment_by_name("default")
+        runs = client.search_runs([exp.experiment_id], f"tags.`pipeline.study` = '{study}'")
+        trials = [r for r in runs if "pipeline.trial" in r.data.tags]
+        parent = [r for r in runs if r.data.tags.get("pipeline.kind") == "study"]
+        assert len(parent) == 1 and len(trials) == 6
+        assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parent[0].info.run_id}
+        workers = {
+            t.user_attrs["worker"]
+            for t in optuna.load_study(study_name=study, storage=PG_URL).trials
+        }
+        assert len(workers) == 2  # both processes ran trials
+        assert client.get_model_version_by_alias("default", "champion").run_id
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        optuna.delete_study(study_name=study, storage=PG_URL)
