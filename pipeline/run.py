@@ -656,41 +656,67 @@ def cmd_search(args: argparse.Namespace) -> int:
                 "in MLflow); nothing to evaluate or register."
             )
         number, value, best_values = found
-        champion = config.with_values(params, best_values, origin=f"best trial {number}")
-        name = params.tracking.model_name or experiment_name(params)
-        with tracker.run(
-            "champion",
-            parent_id=parent_id,
-            tags={
-                "pipeline.study": study_name,
-                "pipeline.kind": "champion",
-                "pipeline.best_trial": str(number),
-            },
-        ) as champ_id:
-            tracker.log_params(champ_id, config.flatten(champion))
-            result = fit(champion, prep, seed=params.seed)
-            log_training(tracker, champ_id, result, prep)
-            test, uri, version = log_champion(
-                tracker,
-                champ_id,
-                champion,
-                prep,
-                result,
-                register_as=name if params.tracking.register_model else None,
+        previous = search.study_attr(study, "champion") or {}
+        if previous.get("trial") == number and tracker.exists(previous.get("run_id")):
+            # Same winner as last time: keep its model; the test split is used once per champion.
+            test, where, fresh = previous["test"], previous["model"], False
+        else:
+            test, where = _train_champion(
+                tracker, parent_id, params, prep, study, study_name, found
             )
-        tracker.log_metrics(parent_id, test)
+            fresh = True
     _print_study(study, params)
     from pipeline import report
 
-    print(
-        f"\nchampion = best trial {number} ({params.search.metric} {value:.4f}), retrained on "
-        "the train split with its params and evaluated once on the test split:"
+    how = (
+        "retrained on the train split with its params and evaluated once on the test split:"
+        if fresh
+        else "unchanged since the last run (same best trial; the test split is not used again):"
     )
+    print(f"\nchampion = best trial {number} ({params.search.metric} {value:.4f}), {how}")
     print(report.table([{"metric": k, "value": v} for k, v in test.items()], ["metric", "value"]))
-    where = f"models:/{name}@champion (version {version})" if version else uri
     print(f"\nmodel: {where}")
     print(f"open the UI:  python -m pipeline.run ui    then  {tracker.ui_url()}")
     return 0
+
+
+def _train_champion(
+    tracker: Any,
+    parent_id: str,
+    params: config.Params,
+    prep: Prepared,
+    study: Any,
+    study_name: str,
+    found: tuple[int, float, dict[str, Any]],
+) -> tuple[dict[str, float], str]:
+    """Train the best params on the train split, test once, log, register; remember it."""
+    from pipeline import search
+
+    number, _, best_values = found
+    champion = config.with_values(params, best_values, origin=f"best trial {number}")
+    name = params.tracking.model_name or experiment_name(params)
+    tags = {
+        "pipeline.study": study_name,
+        "pipeline.kind": "champion",
+        "pipeline.best_trial": str(number),
+    }
+    with tracker.run("champion", parent_id=parent_id, tags=tags) as champ_id:
+        tracker.log_params(champ_id, config.flatten(champion))
+        result = fit(champion, prep, seed=params.seed)
+        log_training(tracker, champ_id, result, prep)
+        test, uri, version = log_champion(
+            tracker,
+            champ_id,
+            champion,
+            prep,
+            result,
+            register_as=name if params.tracking.register_model else None,
+        )
+    tracker.log_metrics(parent_id, test)
+    where = f"models:/{name}@champion (version {version})" if version else uri
+    record = {"trial": number, "run_id": champ_id, "model": where, "test": test}
+    search.set_study_attr(study, "champion", record)
+    return test, where
 
 
 def tracking_mask(url: str) -> str:

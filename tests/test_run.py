@@ -219,6 +219,16 @@ def test_search_resumes_to_the_total_registers_a_champion_and_predict_reproduces
     listing = capsys.readouterr().out
     assert "6 trials" in listing and (workdir / "rep" / "optimization_history.png").is_file()
 
+    # Running the finished study again keeps its champion: no retraining, no second test use.
+    def champions() -> int:
+        runs = client.search_runs(["1"], "tags.`pipeline.kind` = 'champion'")
+        return len(runs)
+
+    before = champions()
+    assert run.main([*base, "--trials", "6"]) == 0
+    assert "unchanged since the last run" in capsys.readouterr().out
+    assert champions() == before
+
 
 @pytest.mark.slow
 def test_a_diverging_trial_fails_and_the_study_still_completes(workdir, store_uri, capsys):
