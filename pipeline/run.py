@@ -346,12 +346,14 @@ METRICS = {
 }
 
 
-def _check_metric(params: config.Params, task: str) -> None:
+def _check_metric(params: config.Params, task: str, n_classes: int) -> None:
     metric = params.search.metric
-    if metric not in METRICS[task]:
+    binary_only = metric == "val_roc_auc" and n_classes != 2
+    if metric not in METRICS[task] or binary_only:
         raise PipelineError(
             f"search.metric {metric!r} is not available for {task}; use one of "
-            f"{', '.join(METRICS[task])} (with a matching search.direction)."
+            f"{', '.join(METRICS[task])} (with a matching search.direction; val_roc_auc needs "
+            "two classes)."
         )
 
 
@@ -376,7 +378,7 @@ def make_trial_fn(
         def hook(epoch: int, logs: dict[str, float]) -> bool:
             return metric in logs and ctx.should_prune(epoch, logs[metric])
 
-        state = "FAIL"
+        state, extra = "FAIL", {}
         try:
             with tracker.run(f"trial-{ctx.number:04d}", parent_id=parent_id, tags=tags) as run_id:
                 ctx.remember(RUN_ATTR, run_id)
@@ -385,21 +387,15 @@ def make_trial_fn(
                     result = fit(trial_params, prep, seed=params.seed, on_epoch=hook)
                     val = log_training(tracker, run_id, result, prep)
                     with tempfile.TemporaryDirectory() as tmp:
-                        tracker.log_artifact(
-                            run_id, model.save(result.model, Path(tmp) / "model.keras")
-                        )
+                        weights = model.save(result.model, Path(tmp) / "model.keras")
+                        tracker.log_artifact(run_id, weights)
                     if result.stopped_by == "hook":
-                        state = "PRUNED"
-                        tracker.set_tags(
-                            run_id, {"optuna.state": state, "pruned_at_epoch": result.epochs_run}
-                        )
+                        state, extra = "PRUNED", {"pruned_at_epoch": result.epochs_run}
                         raise TrialPruned(f"pruned after epoch {result.epochs_run}")
                     state = "COMPLETE"
-                    tracker.set_tags(run_id, {"optuna.state": state})
                     return val[metric]
                 finally:
-                    if state == "FAIL":
-                        tracker.set_tags(run_id, {"optuna.state": state})
+                    tracker.set_tags(run_id, {"optuna.state": state, **extra})
         finally:
             model.release()
 
@@ -564,7 +560,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise PipelineError(f"--workers {args.workers}: give 1 or more worker processes.")
     prep = prepare(params)
-    _check_metric(params, prep.dataset.task)
+    _check_metric(params, prep.dataset.task, prep.dataset.n_classes)
     if args.workers > 1 or args.worker_of:
         from pipeline import model
 

@@ -523,3 +523,10 @@ def test_scale_out_postgres_storage_tracking_server_and_two_workers(workdir, cap
         server.terminate()
         server.wait(timeout=30)
         optuna.delete_study(study_name=study, storage=PG_URL)
+
+
+def test_search_metric_must_suit_the_task(workdir, capsys):
+    code = run.main(["search", "--set", "search.metric=val_rmse"])
+    err = capsys.readouterr().err
+    assert code == 2 and "search.metric 'val_rmse'" in err and "val_accuracy" in err
+    assert not (workdir / "mlruns").exists()
