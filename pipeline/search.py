@@ -198,8 +198,10 @@ def set_study_attr(study: Any, key: str, value: Any) -> None:
 def counts(study: Any) -> dict[str, int]:
     trials = study.get_trials(deepcopy=False)
     out = {state.name: 0 for state in TrialState}
+    out["SKIPPED"] = 0  # FAIL records of surplus trials, which never ran
     for t in trials:
-        out[t.state.name] += 1
+        skipped = t.state == TrialState.FAIL and t.user_attrs.get(REASON_ATTR) == SURPLUS
+        out["SKIPPED" if skipped else t.state.name] += 1
     out["finished"] = out["COMPLETE"] + out["PRUNED"]
     return out
 
@@ -268,6 +270,30 @@ def suggest(trial: Any, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any
     return values
 
 
+SURPLUS = "not run: other workers' trials already fill n_trials"
+
+
+class _Surplus(Exception):  # noqa: N818 - a signal, not an error
+    """A trial created after the budget was already covered by other workers."""
+
+
+def _surplus(study: Any, number: int, n_trials: int) -> bool:
+    """True if finished trials plus running trials created before this one fill the budget.
+
+    Workers check the budget after each trial, but between that check and creating the next
+    trial another worker may create one too; the later-numbered trial then steps aside (it is
+    recorded as FAIL with reason SURPLUS, before any training or MLflow run).
+    """
+    ahead = 0
+    finished = 0
+    for t in study.get_trials(deepcopy=False):
+        if t.state in FINISHED:
+            finished += 1
+        elif t.state == TrialState.RUNNING and t.number < number:
+            ahead += 1
+    return finished + ahead >= n_trials
+
+
 def optimize(
     study: Any,
     trial_fn: Callable[[TrialContext], float],
@@ -288,6 +314,10 @@ def optimize(
 
     def objective(trial: Any) -> float:
         trial.set_user_attr(WORKER_ATTR, worker_id())
+        if _surplus(study, trial.number, n_trials):
+            trial.set_user_attr(REASON_ATTR, SURPLUS)
+            study.stop()
+            raise _Surplus
         ctx = TrialContext(trial.number, suggest(trial, params.space), trial)
         try:
             value = float(trial_fn(ctx))
@@ -303,6 +333,8 @@ def optimize(
 
     def after(study: Any, frozen: Any) -> None:
         nonlocal failures
+        if frozen.user_attrs.get(REASON_ATTR) == SURPLUS:
+            return
         c = counts(study)
         if frozen.state == TrialState.FAIL:
             failures += 1

@@ -186,3 +186,19 @@ def test_storage_error_masks_the_password():
     with pytest.raises(SearchError) as err:
         search.make_storage("postgresql://bob:hunter2@127.0.0.1:1/none", retries=1)
     assert "hunter2" not in str(err.value) and "***" in str(err.value)
+
+
+def test_a_trial_created_after_the_budget_is_covered_steps_aside(tmp_path):
+    study = study_at(tmp_path)
+    first, second, third = study.ask(), study.ask(), study.ask()  # three workers mid-trial
+    assert not search._surplus(study, second.number, n_trials=2)  # only `first` is ahead
+    assert search._surplus(study, third.number, n_trials=2)  # first + second fill the budget
+    study.tell(first, 0.5)
+    study.tell(second, 0.6)
+    fn_calls = []
+    search.optimize(study, lambda c: fn_calls.append(c) or 1.0, params(), n_trials=2, timeout=None)
+    assert fn_calls == []  # budget met: nothing more runs
+    third.set_user_attr(search.REASON_ATTR, search.SURPLUS)
+    study.tell(third, state=optuna.trial.TrialState.FAIL)
+    c = search.counts(study)
+    assert (c["finished"], c["FAIL"], c["SKIPPED"]) == (2, 0, 1)  # not reported as a failure
