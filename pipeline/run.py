@@ -555,6 +555,7 @@ def _optimize_to_budget(
 
 def cmd_search(args: argparse.Namespace) -> int:
     from pipeline import search
+    from pipeline.tracking import mask_secret
 
     params = load_params(args)
     if args.workers < 1:
@@ -602,7 +603,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     tags = {
         "pipeline.kind": "study",
         "pipeline.study": study_name,
-        "optuna.storage": tracking_mask(storage_url),
+        "optuna.storage": mask_secret(storage_url),
     }
     before = search.counts(study)
     log.info(
@@ -713,12 +714,6 @@ def _train_champion(
     record = {"trial": number, "run_id": champ_id, "model": where, "test": test}
     search.set_study_attr(study, "champion", record)
     return test, where
-
-
-def tracking_mask(url: str) -> str:
-    from pipeline.tracking import mask_secret
-
-    return mask_secret(url)
 
 
 def _print_study(study: Any, params: config.Params) -> None:
