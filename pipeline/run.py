@@ -323,11 +323,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
     cmd = tracking.ui_command(tracker.uri, port=args.port)
     print(f"MLflow UI for {tracker.display_uri}: {tracker.ui_url(port=args.port)}")
     print("(Ctrl-C to stop)")
-    server = subprocess.Popen(cmd)
+    # Its own process group: `mlflow ui` starts uvicorn and job-runner children that outlive a
+    # SIGTERM to the parent alone, so stopping means signalling the whole group.
+    server = subprocess.Popen(cmd, start_new_session=True)
     try:
         return server.wait()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the server too, that is the normal end
-        server.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
         print("MLflow UI stopped.")
         return 0

@@ -363,6 +363,20 @@ def test_a_killed_worker_is_reconciled_on_the_next_start(workdir, store_uri, cap
     assert len([r for r in runs if r.data.tags.get("pipeline.kind") == "study"]) == 1
 
 
+def _proc_stats() -> list[list[str]]:
+    """/proc/<pid>/stat fields after the command name: [state, ppid, pgrp, ...] at 2.., so
+    index 3 is the parent pid and 4 the process group (Linux)."""
+    stats = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                text = (entry / "stat").read_text()
+            except OSError:
+                continue
+            stats.append([entry.name, "", *text.rsplit(")", 1)[1].split()])
+    return stats
+
+
 @pytest.mark.slow
 def test_ui_serves_the_store_on_localhost(workdir, store_uri):
     import socket
@@ -397,9 +411,15 @@ def test_ui_serves_the_store_on_localhost(workdir, store_uri):
             except OSError:
                 time.sleep(1)
         assert status == 200
+        groups = {stat[4] for stat in _proc_stats() if stat[3] == str(proc.pid)}  # mlflow's group
+        assert groups
     finally:
         proc.terminate()
         out = proc.communicate(timeout=30)[0]
+    deadline = time.monotonic() + 30
+    while any(stat[4] in groups for stat in _proc_stats()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not any(stat[4] in groups for stat in _proc_stats()), "mlflow ui left processes behind"
     assert f"http://127.0.0.1:{port}/#/experiments/1/runs" in out
 
 
@@ -444,6 +464,7 @@ def test_scale_out_postgres_storage_tracking_server_and_two_workers(workdir, cap
     """Needs PostgreSQL on 127.0.0.1:5432 (PIPELINE_TEST_PG_URL overrides); skipped without it
     on a developer machine, required in CI. Starts a real MLflow tracking server."""
     import os
+    import signal
     import socket
     import time
     import urllib.request
@@ -477,6 +498,7 @@ def test_scale_out_postgres_storage_tracking_server_and_two_workers(workdir, cap
         cwd=workdir,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # so the server's uvicorn/job-runner children can be stopped too
     )
     uri = f"http://127.0.0.1:{port}"
     study = f"scale-out-{os.getpid()}"
@@ -520,7 +542,7 @@ def test_scale_out_postgres_storage_tracking_server_and_two_workers(workdir, cap
         assert len(workers) == 2  # both processes ran trials
         assert client.get_model_version_by_alias("default", "champion").run_id
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
         optuna.delete_study(study_name=study, storage=PG_URL)
 
