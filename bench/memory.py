@@ -8,13 +8,11 @@ process isolation; steady growth would mean they do (DESIGN.md §8).
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
-import optuna
+from _common import tracked_search
 
 from pipeline import config, run, search
-from pipeline.tracking import Tracker
 
 
 def rss_mib() -> float:
@@ -41,21 +39,10 @@ def main() -> None:
             samples.append((s.finished, rss_mib()))
             print(f"after {s.finished:3d} trials: RSS {samples[-1][1]:7.1f} MiB", flush=True)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tracker = Tracker(f"sqlite:///{tmp}/mlflow.db", "bench")
-        study = search.open_study(
-            "mem",
-            optuna.storages.InMemoryStorage(),
-            params.search,
-            seed=params.seed,
-            max_epochs=a.epochs,
-        )
-        with tracker.run("study") as parent:
-            fn = run.make_trial_fn(params, prep, tracker, parent, "mem")
-            search.optimize(
-                study, fn, params.search, n_trials=a.trials, timeout=None, on_trial_end=sample
-            )
-    (n0, m0), (n1, m1) = samples[1], samples[-1]
+    tracked_search(params, prep, a.trials, name="mem", on_trial_end=sample)
+    if len(samples) < 3:
+        raise SystemExit("run at least 15 trials to see a trend")
+    (n0, m0), (n1, m1) = samples[1], samples[-1]  # from trial 10: after warm-up allocations
     print(
         f"growth from trial {n0} to {n1}: {m1 - m0:+.1f} MiB ({(m1 - m0) / (n1 - n0):+.2f} "
         "MiB per trial)"

@@ -9,14 +9,13 @@ a shared warm-up; prints seconds per side and the ratio (DESIGN.md target <= 1.0
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import optuna
+from _common import tracked_search
 
 from pipeline import config, model, run, search
-from pipeline.tracking import Tracker
 
 
 def main() -> None:
@@ -40,24 +39,26 @@ def main() -> None:
         model.release()
         return value
 
-    timings = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        tracker = Tracker(f"sqlite:///{tmp}/mlflow.db", "bench")
-        for side in ("bare", "pipeline", "bare", "pipeline"):  # interleaved against drift
-            storage = optuna.storages.InMemoryStorage()
+    timings: dict[str, list] = {}
+    for side in ("bare", "pipeline", "bare", "pipeline"):  # interleaved against drift
+        started = [time.perf_counter()]
+        if side == "pipeline":
+
+            def ready(clock: list[float] = started) -> None:
+                clock[0] = time.perf_counter()  # after the store is set up
+
+            study = tracked_search(params, prep, args.trials, name=side, on_ready=ready)
+        else:
             study = search.open_study(
-                f"{side}", storage, params.search, seed=params.seed, max_epochs=args.epochs
+                side,
+                optuna.storages.InMemoryStorage(),
+                params.search,
+                seed=params.seed,
+                max_epochs=args.epochs,
             )
-            if side == "pipeline":
-                with tracker.run("study") as parent:
-                    fn = run.make_trial_fn(params, prep, tracker, parent, side)
-                    started = time.perf_counter()
-                    search.optimize(study, fn, params.search, n_trials=args.trials, timeout=None)
-            else:
-                started = time.perf_counter()
-                search.optimize(study, bare, params.search, n_trials=args.trials, timeout=None)
-            timings.setdefault(side, []).append(time.perf_counter() - started)
-            timings.setdefault(f"{side}_values", []).append([t.value for t in study.trials])
+            search.optimize(study, bare, params.search, n_trials=args.trials, timeout=None)
+        timings.setdefault(side, []).append(time.perf_counter() - started[0])
+        timings.setdefault(f"{side}_values", []).append([t.value for t in study.trials])
     assert timings["bare_values"][0] == timings["pipeline_values"][0], (
         "sides trained different trials"
     )

@@ -20,36 +20,25 @@ from pathlib import Path
 
 import keras
 import keras_tuner as kt
-import optuna
+from _common import tracked_search
 
 from pipeline import config, model, run, search
-from pipeline.tracking import Tracker
 
 
 def pipeline_side(
     params: config.Params, prep: run.Prepared, trials: int
 ) -> list[tuple[float, float]]:
     points: list[tuple[float, float]] = []
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        tracker = Tracker(f"sqlite:///{tmp}/mlflow.db", "bench")
-        study = search.open_study(
-            "bench",
-            optuna.storages.InMemoryStorage(),
-            params.search,
-            seed=params.seed,
-            max_epochs=params.train.epochs,
-        )
-        with tracker.run("study") as parent:
-            fn = run.make_trial_fn(params, prep, tracker, parent, "bench")
+    start = [0.0]
 
-            def track(s: search.TrialSummary) -> None:
-                if s.best_value is not None:
-                    points.append((time.perf_counter() - start, s.best_value))
+    def ready() -> None:
+        start[0] = time.perf_counter()
 
-            search.optimize(
-                study, fn, params.search, n_trials=trials, timeout=None, on_trial_end=track
-            )
+    def track(s: search.TrialSummary) -> None:
+        if s.best_value is not None:
+            points.append((time.perf_counter() - start[0], s.best_value))
+
+    tracked_search(params, prep, trials, on_ready=ready, on_trial_end=track)
     return points
 
 

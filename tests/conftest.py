@@ -36,6 +36,26 @@ def store_uri(workdir: Path) -> str:
     return f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
 
 
-def write_csv(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
+PG_URL = os.environ.get("PIPELINE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def require_postgres() -> str:
+    """The PostgreSQL URL for tests that need a server: skip without one on a developer
+    machine, fail in CI (CI=true), where .ci/run makes sure one is running."""
+    try:
+        import psycopg
+
+        psycopg.connect(PG_URL, connect_timeout=3).close()
+    except Exception:  # noqa: BLE001 - any connection failure means "not available"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL not reachable at {PG_URL} in CI")
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL} (set PIPELINE_TEST_PG_URL)")
+    return PG_URL
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

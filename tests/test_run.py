@@ -3,7 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MISSION_KEYS
+from conftest import MISSION_KEYS, free_port, require_postgres
 
 from pipeline import config, run
 
@@ -379,13 +379,10 @@ def _proc_stats() -> list[list[str]]:
 
 @pytest.mark.slow
 def test_ui_serves_the_store_on_localhost(workdir, store_uri):
-    import socket
     import time
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -465,21 +462,14 @@ def test_scale_out_postgres_storage_tracking_server_and_two_workers(workdir, cap
     on a developer machine, required in CI. Starts a real MLflow tracking server."""
     import os
     import signal
-    import socket
     import time
     import urllib.request
 
     import mlflow
     import optuna
-    from test_search import PG_URL, _pg_available
 
-    if not _pg_available():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL not reachable at {PG_URL} in CI")
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    pg_url = require_postgres()
+    port = free_port()
     server = subprocess.Popen(
         [
             sys.executable,
@@ -514,7 +504,7 @@ def test_scale_out_postgres_storage_tracking_server_and_two_workers(workdir, cap
         argv = [
             "search",
             "--storage",
-            PG_URL,
+            pg_url,
             "--tracking-uri",
             uri,
             "--study",
@@ -537,14 +527,14 @@ def test_scale_out_postgres_storage_tracking_server_and_two_workers(workdir, cap
         assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parent[0].info.run_id}
         workers = {
             t.user_attrs["worker"]
-            for t in optuna.load_study(study_name=study, storage=PG_URL).trials
+            for t in optuna.load_study(study_name=study, storage=pg_url).trials
         }
         assert len(workers) == 2  # both processes ran trials
         assert client.get_model_version_by_alias("default", "champion").run_id
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-        optuna.delete_study(study_name=study, storage=PG_URL)
+        optuna.delete_study(study_name=study, storage=pg_url)
 
 
 def test_search_metric_must_suit_the_task(workdir, capsys):

@@ -7,6 +7,7 @@ import socket
 
 import optuna
 import pytest
+from conftest import require_postgres
 
 from pipeline import search
 from pipeline.config import SearchParams
@@ -147,34 +148,17 @@ def test_trial_states_map_run_ids(tmp_path):
     assert {"number", "value", "state", "params_model.dropout", "seconds"} <= set(frame.columns)
 
 
-PG_URL = os.environ.get("PIPELINE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def _pg_available() -> bool:
-    try:
-        import psycopg
-
-        psycopg.connect(PG_URL, connect_timeout=3).close()
-        return True
-    except Exception:  # noqa: BLE001
-        return False
-
-
 @pytest.mark.postgres
 def test_postgresql_storage_shares_one_study(tmp_path):
-    """Needs PostgreSQL on 127.0.0.1:5432 (or PIPELINE_TEST_PG_URL). Skips without it on a
-    developer machine; fails in CI (CI=true), where .ci/run starts the server."""
-    if not _pg_available():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL not reachable at {PG_URL} in CI")
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
+    """Needs PostgreSQL on 127.0.0.1:5432 (or PIPELINE_TEST_PG_URL): see require_postgres."""
+    pg_url = require_postgres()
     name = f"pipeline-test-{os.getpid()}"
-    storage = search.make_storage(PG_URL, retries=1)
+    storage = search.make_storage(pg_url, retries=1)
     try:
         a = search.open_study(name, storage, params(), seed=0, max_epochs=10, new=True)
         search.optimize(a, value_of, params(), n_trials=2, timeout=None)
         b = search.open_study(
-            name, search.make_storage(PG_URL, retries=1), params(), seed=0, max_epochs=10, worker=1
+            name, search.make_storage(pg_url, retries=1), params(), seed=0, max_epochs=10, worker=1
         )
         search.optimize(b, value_of, params(), n_trials=3, timeout=None)
         assert search.counts(b)["COMPLETE"] == 3
