@@ -53,6 +53,21 @@ def require_postgres() -> str:
     return PG_URL
 
 
+def wait_for_http(url: str, timeout: float = 120.0) -> int:
+    """Poll `url` until it answers; return its HTTP status, fail the test after `timeout` s."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return urllib.request.urlopen(url, timeout=2).status
+        except OSError:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{url} did not answer within {timeout:.0f} s")
+            time.sleep(1)
+
+
 def free_port() -> int:
     import socket
 

@@ -3,7 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MISSION_KEYS, free_port, require_postgres
+from conftest import MISSION_KEYS, free_port, require_postgres, wait_for_http
 
 from pipeline import config, run
 
@@ -380,7 +380,6 @@ def _proc_stats() -> list[list[str]]:
 @pytest.mark.slow
 def test_ui_serves_the_store_on_localhost(workdir, store_uri):
     import time
-    import urllib.request
 
     port = free_port()
     proc = subprocess.Popen(
@@ -400,14 +399,7 @@ def test_ui_serves_the_store_on_localhost(workdir, store_uri):
         text=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        status = None
-        while time.monotonic() < deadline and status != 200:
-            try:
-                status = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).status
-            except OSError:
-                time.sleep(1)
-        assert status == 200
+        assert wait_for_http(f"http://127.0.0.1:{port}/") == 200
         groups = {stat[4] for stat in _proc_stats() if stat[3] == str(proc.pid)}  # mlflow's group
         assert groups
     finally:
@@ -462,8 +454,6 @@ def test_scale_out_postgres_storage_tracking_server_and_two_workers(workdir, cap
     on a developer machine, required in CI. Starts a real MLflow tracking server."""
     import os
     import signal
-    import time
-    import urllib.request
 
     import mlflow
     import optuna
@@ -493,14 +483,7 @@ def test_scale_out_postgres_storage_tracking_server_and_two_workers(workdir, cap
     uri = f"http://127.0.0.1:{port}"
     study = f"scale-out-{os.getpid()}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "tracking server did not start"
-                time.sleep(1)
+        assert wait_for_http(f"{uri}/health") == 200
         argv = [
             "search",
             "--storage",
