@@ -12,7 +12,8 @@ from pathlib import Path
 
 from _common import tracked_search
 
-from pipeline import config, run, search
+from pipeline import config, stages
+from pipeline.study import TrialSummary
 
 
 def rss_mib() -> float:
@@ -31,13 +32,13 @@ def main() -> None:
     params = config.load(
         repo / "params" / "default.yaml", [f"train.epochs={a.epochs}", "search.pruner=none"]
     )
-    prep = run.prepare(params)
+    prep = stages.prepare(params)
     samples: list[tuple[int, float]] = []
 
-    def sample(s: search.TrialSummary) -> None:
-        if s.finished % 5 == 0:
-            samples.append((s.finished, rss_mib()))
-            print(f"after {s.finished:3d} trials: RSS {samples[-1][1]:7.1f} MiB", flush=True)
+    def sample(s: TrialSummary) -> None:
+        if s.counts.finished % 5 == 0:
+            samples.append((s.counts.finished, rss_mib()))
+            print(f"after {s.counts.finished:3d} trials: RSS {samples[-1][1]:7.1f} MiB", flush=True)
 
     tracked_search(params, prep, a.trials, name="mem", on_trial_end=sample)
     if len(samples) < 3:

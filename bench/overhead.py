@@ -12,10 +12,9 @@ import argparse
 import time
 from pathlib import Path
 
-import optuna
 from _common import tracked_search
 
-from pipeline import config, model, run, search
+from pipeline import config, model, search, stages
 
 
 def main() -> None:
@@ -28,16 +27,20 @@ def main() -> None:
         repo / "params" / "default.yaml",
         [f"train.epochs={args.epochs}", "search.pruner=none", f"search.n_trials={args.trials}"],
     )
-    prep = run.prepare(params)
+    prep = stages.prepare(params)
     model.release()
-    run.fit(params, prep, seed=params.seed)  # warm-up: TensorFlow start, first tracing
+    stages.fit(params, prep, seed=params.seed)  # warm-up: TensorFlow start, first tracing
 
-    def bare(ctx: search.TrialContext) -> float:
-        trial_params = config.with_values(params, ctx.values)
-        result = run.fit(trial_params, prep, seed=params.seed)
-        value = run.score(result, prep, "val")[params.search.metric]
-        model.release()
-        return value
+    def bare(side: str) -> search.SearchStudy:
+        """The same trials through the same Optuna layer, with no MLflow at all."""
+        study = search.open_study(
+            side, search.memory_storage(), params.search, seed=params.seed, max_epochs=args.epochs
+        )
+        while (trial := study.ask(args.trials)) is not None:
+            result = stages.fit(config.with_values(params, trial.values), prep, seed=params.seed)
+            study.tell_complete(trial, stages.score(result, prep, "val")[params.search.metric])
+            model.release()
+        return study
 
     timings: dict[str, list] = {}
     for side in ("bare", "pipeline", "bare", "pipeline"):  # interleaved against drift
@@ -49,16 +52,11 @@ def main() -> None:
 
             study = tracked_search(params, prep, args.trials, name=side, on_ready=ready)
         else:
-            study = search.open_study(
-                side,
-                optuna.storages.InMemoryStorage(),
-                params.search,
-                seed=params.seed,
-                max_epochs=args.epochs,
-            )
-            search.optimize(study, bare, params.search, n_trials=args.trials, timeout=None)
+            study = bare(side)
         timings.setdefault(side, []).append(time.perf_counter() - started[0])
-        timings.setdefault(f"{side}_values", []).append([t.value for t in study.trials])
+        timings.setdefault(f"{side}_values", []).append(
+            [v for _, v in sorted(study.values().items())]
+        )
     assert timings["bare_values"][0] == timings["pipeline_values"][0], (
         "sides trained different trials"
     )

@@ -22,21 +22,21 @@ import keras
 import keras_tuner as kt
 from _common import tracked_search
 
-from pipeline import config, model, run, search
+from pipeline import config, model, stages
+from pipeline.stages import Prepared
+from pipeline.study import TrialSummary
 
 
-def pipeline_side(
-    params: config.Params, prep: run.Prepared, trials: int
-) -> list[tuple[float, float]]:
+def pipeline_side(params: config.Params, prep: Prepared, trials: int) -> list[tuple[float, float]]:
     points: list[tuple[float, float]] = []
     start = [0.0]
 
     def ready() -> None:
         start[0] = time.perf_counter()
 
-    def track(s: search.TrialSummary) -> None:
-        if s.best_value is not None:
-            points.append((time.perf_counter() - start[0], s.best_value))
+    def track(s: TrialSummary) -> None:
+        if s.best is not None:
+            points.append((time.perf_counter() - start[0], s.best.value))
 
     tracked_search(params, prep, trials, on_ready=ready, on_trial_end=track)
     return points
@@ -76,7 +76,7 @@ class Space(kt.HyperModel):
         return net.fit(*args, batch_size=hp.get("train.batch_size"), **kwargs)
 
 
-def tuner_side(tuner: kt.Tuner, prep: run.Prepared, epochs: int) -> list[tuple[float, float]]:
+def tuner_side(tuner: kt.Tuner, prep: Prepared, epochs: int) -> list[tuple[float, float]]:
     points: list[tuple[float, float]] = []
     best = [0.0]
     start = time.perf_counter()
@@ -110,8 +110,8 @@ def main() -> None:
     a = ap.parse_args()
     repo = Path(__file__).resolve().parent.parent
     params = config.load(repo / "params" / "default.yaml", [f"train.epochs={a.epochs}"])
-    prep = run.prepare(params)
-    run.fit(params, prep, seed=params.seed)  # warm-up for both sides
+    prep = stages.prepare(params)
+    stages.fit(params, prep, seed=params.seed)  # warm-up for both sides
     n = len(prep.scaled.y_train)
     steps = {b: -(-n // b) for b in params.search.space["train.batch_size"]["choices"]}
     results = {"pipeline (TPE + median pruner, MLflow)": pipeline_side(params, prep, a.trials)}

@@ -1,27 +1,40 @@
-"""The project's only Optuna user: search space, study, storage, samplers, pruning, budgets.
+"""The project's only Optuna user: storage, study, samplers, pruners, the trial protocol, budgets.
 
-Training and tracking reach this module only as a plain `trial_fn(TrialContext) -> float`; the
-model builder never sees an Optuna trial. Storage is Optuna's journal file by default (safe for
-several local processes, unlike SQLite) or any RDB URL such as PostgreSQL for many machines.
+Training and tracking never see an Optuna object. A caller (pipeline.study) drives trials with
+`SearchStudy.ask()` -> `Trial` -> `SearchStudy.tell_*()`, so it can record a trial's result in
+the study *before* it closes the trial's MLflow run; that ordering is what lets a restart adopt
+a finished trial instead of training it again.
+
+Several processes may start the same study at the same instant, on any storage. Everything that
+must happen once (creating the RDB schema, creating the study, handing out sampler streams,
+electing a parent run or a champion, reaping a dead worker's trial) happens under
+`Storage.lock()`: a file lock beside a journal file, a PostgreSQL advisory lock for PostgreSQL.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
-import math
 import os
 import socket
+import threading
+import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
 
 from pipeline.config import SearchParams, space_fingerprint
-from pipeline.errors import SearchError, TrainingDiverged, TrialPruned
+from pipeline.errors import SearchError
+from pipeline.locks import file_lock
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -29,45 +42,59 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WORKER_ATTR = "worker"
 RUN_ATTR = "mlflow_run_id"
 REASON_ATTR = "fail_reason"
-_HEARTBEAT_SECONDS = 30
+HEARTBEAT_ATTR = "heartbeat"
+SURPLUS = "not run: other workers' trials already fill n_trials"
+HEARTBEAT_SECONDS = 30.0
+STALE_AFTER_SECONDS = 4 * HEARTBEAT_SECONDS  # a worker on another host is dead after this
 
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-@dataclass
-class TrialContext:
-    """What a trial function needs: its number, the sampled values, and the pruning hook."""
+def budget_left(finished: int, in_flight: int, n_trials: int) -> int:
+    """The budget rule, in one place: `n_trials` counts finished (complete or pruned) trials.
 
-    number: int
-    values: dict[str, Any]
-    _trial: Any = field(repr=False)
-
-    def should_prune(self, epoch: int, value: float) -> bool:
-        """Report an intermediate value; True means the pruner wants this trial stopped."""
-        self._trial.report(value, step=epoch)
-        return self._trial.should_prune()
-
-    def remember(self, key: str, value: str) -> None:
-        """Store a string with the trial (e.g. its MLflow run id) for later reconciliation."""
-        self._trial.set_user_attr(key, value)
+    Failed and skipped trials do not use it up. Trials still running (`in_flight`) are counted
+    as if they will finish, so K workers stop starting trials once the budget is covered; if one
+    of those then fails, whoever is left runs another.
+    """
+    return n_trials - finished - in_flight
 
 
 @dataclass(frozen=True)
-class TrialSummary:
+class Counts:
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    skipped: int = 0  # FAIL records of surplus trials, which never ran
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+
+@dataclass(frozen=True)
+class Best:
     number: int
-    state: str
-    value: float | None
-    best_value: float | None
-    best_number: int | None
-    finished: int
-    pruned: int
-    failed: int
-    seconds: float | None
+    value: float
+    params: dict[str, Any]
 
 
-# -- storage and study ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DeadTrial:
+    """A RUNNING trial whose worker is gone (dead pid on this host, or no heartbeat)."""
+
+    number: int
+    trial_id: int
+    run_id: str | None
+    params: dict[str, Any]
+    retries: int
+    worker: str
+
+
+# -- storage ----------------------------------------------------------------------------------
 
 
 def default_storage(home: Path = Path("mlruns")) -> str:
@@ -75,41 +102,106 @@ def default_storage(home: Path = Path("mlruns")) -> str:
     return str((home / "optuna-journal.log").resolve())
 
 
-def make_storage(url: str | None, *, retries: int) -> Any:
-    """A journal file (path or None) for one machine, or an RDB URL for many.
+def _is_url(url: str) -> bool:
+    return "://" in url
 
-    RDB storages get a heartbeat so a dead worker's trial is failed and retried by the others,
-    and `pool_pre_ping` so a long trial survives a dropped idle connection.
+
+class Storage:
+    """An Optuna storage plus the one cross-process lock that goes with it."""
+
+    def __init__(self, url: str, backend: optuna.storages.BaseStorage) -> None:
+        self.url = url
+        self.backend = backend
+        self._local = threading.Lock()
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Hold a lock named `name` across every process using this storage."""
+        with self._local:
+            if self.url.startswith("postgresql"):
+                with _pg_advisory_lock(self.url, name):
+                    yield
+            elif not _is_url(self.url) or self.url.startswith("sqlite:///"):
+                path = self.url.removeprefix("sqlite:///")
+                with file_lock(f"{path}.pipeline-{_slug(name)}.lock"):
+                    yield
+            else:  # e.g. MySQL: only this process is serialised (documented in the README)
+                yield
+
+
+def _slug(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def _pg_advisory_lock(url: str, name: str) -> Iterator[None]:
+    """A session-level PostgreSQL advisory lock on its own connection (freed if we die)."""
+    import sqlalchemy
+
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    finally:
+        engine.dispose()
+
+
+def make_storage(url: str | None) -> Storage:
+    """A journal file (path or None) for one machine, or an RDB URL (PostgreSQL) for many.
+
+    RDB storages get `pool_pre_ping` so a long trial survives a dropped idle connection, and
+    their schema is created under the storage lock: Optuna creates it without one, and several
+    processes opening a fresh PostgreSQL database at once otherwise crash on a unique violation.
     """
-    if url is None or "://" not in url:
+    if url is None or not _is_url(url):
         path = url or default_storage()
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(path))
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+        return Storage(str(Path(path).resolve()), JournalStorage(JournalFileBackend(path)))
+    from optuna.storages import RDBStorage
 
+    from pipeline.tracking import mask_secret  # string helper only, no MLflow import
+
+    probe = Storage(url, optuna.storages.InMemoryStorage())
     try:
-        with warnings.catch_warnings():  # heartbeat and retries are "experimental" since v2.8
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url,
-                engine_kwargs={"pool_pre_ping": True},
-                heartbeat_interval=_HEARTBEAT_SECONDS,
-                grace_period=3 * _HEARTBEAT_SECONDS,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=retries),
-            )
+        with probe.lock("optuna-schema"):
+            backend = RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except Exception as exc:  # noqa: BLE001 - driver and connection errors vary
-        from pipeline.tracking import mask_secret  # string helper only, no MLflow import
-
         raise SearchError(
             f"--storage {mask_secret(url)}: cannot open it ({type(exc).__name__}: "
             f"{mask_secret(str(exc)).splitlines()[0][:300]}). Check the URL, that the database "
             "exists and the server is reachable."
         ) from None
+    return Storage(url, backend)
 
 
-def _sampler(params: SearchParams, seed: int) -> Any:
+def memory_storage() -> Storage:
+    """A throw-away in-process storage (benches and tests)."""
+    return Storage("memory://", optuna.storages.InMemoryStorage())
+
+
+# -- samplers and pruners -----------------------------------------------------------------------
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its `study.stop()` once the grid is covered (that only
+    works inside `study.optimize`; this project asks and tells). `SearchStudy.ask` checks
+    `exhausted` instead, so a covered grid ends the search rather than repeating points."""
+
+    def after_trial(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def exhausted(self, study: optuna.Study) -> bool:
+        return not self._get_unvisited_grid_ids(study)
+
+
+def _sampler(params: SearchParams, seed: int) -> optuna.samplers.BaseSampler:
     s = optuna.samplers
     if params.sampler == "random":
         return s.RandomSampler(seed=seed)
@@ -122,13 +214,13 @@ def _sampler(params: SearchParams, seed: int) -> Any:
                     "param; give choices or use sampler: tpe."
                 )
             grid[key] = list(spec["choices"])
-        return s.GridSampler(grid, seed=seed)
+        return _GridSampler(grid, seed=seed)
     if params.sampler == "cmaes":
         return s.CmaEsSampler(seed=seed, n_startup_trials=params.n_startup_trials)
     return s.TPESampler(seed=seed, n_startup_trials=params.n_startup_trials)
 
 
-def _pruner(params: SearchParams, max_epochs: int) -> Any:
+def _pruner(params: SearchParams, max_epochs: int) -> optuna.pruners.BasePruner:
     p = optuna.pruners
     if params.pruner == "median":
         return p.MedianPruner(n_startup_trials=params.n_startup_trials, n_warmup_steps=3)
@@ -137,123 +229,7 @@ def _pruner(params: SearchParams, max_epochs: int) -> Any:
     return p.NopPruner()
 
 
-def open_study(
-    name: str,
-    storage: Any,
-    params: SearchParams,
-    *,
-    seed: int,
-    max_epochs: int,
-    new: bool = False,
-    worker: int = 0,
-) -> Any:
-    """Create or resume the study; refuse to resume one whose search space has changed.
-
-    The sampler's seed is offset by the trials already in the study (and by the worker's
-    index), so a resumed study or a second worker does not replay the first trials' proposals,
-    while the same command on the same history still proposes the same trials.
-    """
-    fingerprint = space_fingerprint(params.space)
-    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
-    exists = name in summaries
-    if exists and new:
-        optuna.delete_study(study_name=name, storage=storage)
-        exists = False
-    history = summaries[name].n_trials if exists else 0
-    study = optuna.create_study(
-        storage=storage,
-        study_name=name,
-        direction=params.direction,
-        sampler=_sampler(params, seed + history + 7919 * worker),
-        pruner=_pruner(params, max_epochs),
-        load_if_exists=True,
-    )
-    if exists:
-        old = study.user_attrs.get("space")
-        if old is not None and old != fingerprint:
-            raise SearchError(
-                f"study {name!r}: its search space differs from search.space in the params now, "
-                "so resuming would mix incompatible trials. Run again with --new to start over, "
-                "or --study NAME for a separate study."
-            )
-        if study.direction.name.lower() != params.direction:
-            raise SearchError(
-                f"study {name!r} was created to {study.direction.name.lower()}; search.direction "
-                f"is {params.direction}. Use --new or another --study name."
-            )
-    else:
-        study.set_user_attr("space", fingerprint)
-        study.set_user_attr("metric", params.metric)
-    return study
-
-
-def study_attr(study: Any, key: str) -> Any:
-    return study.user_attrs.get(key)
-
-
-def set_study_attr(study: Any, key: str, value: Any) -> None:
-    study.set_user_attr(key, value)
-
-
-def counts(study: Any) -> dict[str, int]:
-    trials = study.get_trials(deepcopy=False)
-    out = {state.name: 0 for state in TrialState}
-    out["SKIPPED"] = 0  # FAIL records of surplus trials, which never ran
-    for t in trials:
-        skipped = t.state == TrialState.FAIL and t.user_attrs.get(REASON_ATTR) == SURPLUS
-        out["SKIPPED" if skipped else t.state.name] += 1
-    out["finished"] = out["COMPLETE"] + out["PRUNED"]
-    return out
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def reap_stale_trials(study: Any, *, retries: int) -> list[tuple[int, str | None]]:
-    """Fail RUNNING trials left by dead workers on this machine; re-queue them if allowed.
-
-    Optuna's heartbeat covers RDB storages only, so for the journal store a trial whose
-    recorded worker process (same host) no longer exists is marked FAIL here. Returns the
-    (trial number, MLflow run id) of each so the caller can close the runs too.
-    """
-    host = socket.gethostname()
-    reaped = []
-    storage = study._storage
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = str(t.user_attrs.get(WORKER_ATTR, ""))
-        worker_host, _, pid = worker.rpartition(":")
-        if worker_host != host or not pid.isdigit() or _pid_alive(int(pid)):
-            continue
-        tries = int(t.user_attrs.get("retries", 0))
-        storage.set_trial_user_attr(t._trial_id, REASON_ATTR, f"worker {worker} died mid-trial")
-        storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-        reaped.append((t.number, t.user_attrs.get(RUN_ATTR)))
-        if tries < retries:  # the retry gets a new trial (and so a new MLflow run)
-            attrs = {"retry_of": t.number, "retries": tries + 1}
-            study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
-    return reaped
-
-
-def trial_states(study: Any) -> dict[str, str]:
-    """MLflow run id -> Optuna state name, for reconciling runs with trials."""
-    return {
-        str(t.user_attrs[RUN_ATTR]): t.state.name
-        for t in study.get_trials(deepcopy=False)
-        if RUN_ATTR in t.user_attrs
-    }
-
-
-# -- space and optimization -----------------------------------------------------------------
-
-
-def suggest(trial: Any, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def suggest(trial: optuna.Trial, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Sample every param of the space (all of them in every trial, so keys line up)."""
     values: dict[str, Any] = {}
     for key, spec in space.items():
@@ -270,142 +246,290 @@ def suggest(trial: Any, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any
     return values
 
 
-SURPLUS = "not run: other workers' trials already fill n_trials"
+# -- one trial ----------------------------------------------------------------------------------
 
 
-class _Surplus(Exception):  # noqa: N818 - a signal, not an error
-    """A trial created after the budget was already covered by other workers."""
+class _Heartbeat:
+    """Stamps the trial with the time every HEARTBEAT_SECONDS, so workers on other hosts can
+    tell a live trial from a dead worker's (a pid is only checkable on its own host)."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._beat, args=(storage, trial_id), name="pipeline-heartbeat", daemon=True
+        )
+        self._thread.start()
+
+    def _beat(self, storage: optuna.storages.BaseStorage, trial_id: int) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                storage.set_trial_user_attr(trial_id, HEARTBEAT_ATTR, time.time())
+            except Exception:  # noqa: BLE001 - trial finished meanwhile, or storage blip
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
-def _surplus(study: Any, number: int, n_trials: int) -> bool:
-    """True if finished trials plus running trials created before this one fill the budget.
+@dataclass
+class Trial:
+    """One asked trial: its number, the sampled values, and the pruning hook."""
 
-    Workers check the budget after each trial, but between that check and creating the next
-    trial another worker may create one too; the later-numbered trial then steps aside (it is
-    recorded as FAIL with reason SURPLUS, before any training or MLflow run).
-    """
-    ahead = 0
-    finished = 0
-    for t in study.get_trials(deepcopy=False):
-        if t.state in FINISHED:
-            finished += 1
-        elif t.state == TrialState.RUNNING and t.number < number:
-            ahead += 1
-    return finished + ahead >= n_trials
+    number: int
+    values: dict[str, Any]
+    _trial: optuna.Trial = field(repr=False)
+    _heartbeat: _Heartbeat = field(repr=False)
+
+    def should_prune(self, epoch: int, value: float) -> bool:
+        """Report an intermediate value; True means the pruner wants this trial stopped."""
+        self._trial.report(value, step=epoch)
+        return self._trial.should_prune()
+
+    def remember(self, key: str, value: str) -> None:
+        """Store a string with the trial (e.g. its MLflow run id) for later reconciliation."""
+        self._trial.set_user_attr(key, value)
 
 
-def optimize(
-    study: Any,
-    trial_fn: Callable[[TrialContext], float],
+# -- the study ----------------------------------------------------------------------------------
+
+
+class SearchStudy:
+    """An Optuna study as the pipeline uses it: ask/tell, budgets, attrs, locks, reaping."""
+
+    def __init__(self, study: optuna.Study, storage: Storage, params: SearchParams) -> None:
+        self._study = study
+        self._storage = storage
+        self._params = params
+        self.name = study.study_name
+        self._id = study._study_id
+
+    # attributes and locks
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        """The study-wide lock across every process (parent and champion elections, reaping)."""
+        return self._storage.lock(f"study:{self.name}")
+
+    def attr(self, key: str) -> Any:
+        return self._storage.backend.get_study_user_attrs(self._id).get(key)
+
+    def set_attr(self, key: str, value: Any) -> None:
+        self._storage.backend.set_study_user_attr(self._id, key, value)
+
+    # reading
+
+    def _trials(self, *states: TrialState) -> list[optuna.trial.FrozenTrial]:
+        return self._study.get_trials(deepcopy=False, states=states or None)
+
+    def counts(self) -> Counts:
+        n = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "SKIPPED")}
+        for t in self._trials(*FINISHED, TrialState.FAIL, TrialState.RUNNING):
+            skipped = t.state == TrialState.FAIL and t.user_attrs.get(REASON_ATTR) == SURPLUS
+            n["SKIPPED" if skipped else t.state.name] += 1
+        return Counts(n["COMPLETE"], n["PRUNED"], n["FAIL"], n["RUNNING"], n["SKIPPED"])
+
+    def best(self) -> Best | None:
+        """The best complete trial, or None if there is none."""
+        try:
+            t = self._study.best_trial
+        except ValueError:
+            return None
+        return Best(t.number, float(t.value), dict(t.params))
+
+    def trial_states(self) -> dict[int, str]:
+        """Trial number -> Optuna state name, for reconciling runs with trials."""
+        return {t.number: t.state.name for t in self._trials()}
+
+    def values(self) -> dict[int, float]:
+        """Trial number -> objective of every complete trial."""
+        return {t.number: float(t.value) for t in self._trials(TrialState.COMPLETE)}
+
+    def frame(self) -> pd.DataFrame:
+        """The trials table (number, state, value, params_*, user attrs, seconds)."""
+        frame = self._study.trials_dataframe(
+            attrs=("number", "value", "state", "params", "user_attrs", "duration")
+        )
+        if "duration" in frame:
+            frame["seconds"] = frame["duration"].dt.total_seconds()
+            frame = frame.drop(columns=["duration"])
+        return frame
+
+    def importances(self) -> dict[str, float]:
+        """Parameter importances, or {} when there are too few complete trials to tell."""
+        if len(self._trials(TrialState.COMPLETE)) < 3:
+            return {}
+        try:
+            return dict(optuna.importance.get_param_importances(self._study))
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            log.info("parameter importances unavailable: %s", exc)
+            return {}
+
+    def others_running(self) -> bool:
+        """True if a live worker (not this process) still has a trial running."""
+        me = worker_id()
+        dead = {d.number for d in self.dead_trials()}
+        return any(
+            t.user_attrs.get(WORKER_ATTR) != me and t.number not in dead
+            for t in self._trials(TrialState.RUNNING)
+        )
+
+    # the trial protocol
+
+    def ask(self, n_trials: int) -> Trial | None:
+        """Start the next trial, or None if finished + earlier running trials cover n_trials
+        (or a grid search has tried every point).
+
+        Between a worker's budget check and its new trial another worker may start one too; the
+        later-numbered trial then steps aside, recorded as FAIL with reason SURPLUS before any
+        training or MLflow run (it shows as skipped, not failed).
+        """
+        sampler = self._study.sampler
+        if isinstance(sampler, _GridSampler) and sampler.exhausted(self._study):
+            return None  # every grid point has been tried (or is being tried)
+        trial = self._study.ask()
+        trial.set_user_attr(WORKER_ATTR, worker_id())
+        ahead = finished = 0
+        for t in self._trials(*FINISHED, TrialState.RUNNING):
+            if t.state in FINISHED:
+                finished += 1
+            elif t.number < trial.number:
+                ahead += 1
+        if budget_left(finished, ahead, n_trials) <= 0:
+            trial.set_user_attr(REASON_ATTR, SURPLUS)
+            self._study.tell(trial, state=TrialState.FAIL)
+            return None
+        values = suggest(trial, self._params.space)
+        return Trial(
+            trial.number, values, trial, _Heartbeat(self._storage.backend, trial._trial_id)
+        )
+
+    def tell_complete(self, trial: Trial, value: float) -> None:
+        trial._heartbeat.stop()
+        self._study.tell(trial._trial, value)
+
+    def tell_pruned(self, trial: Trial) -> None:
+        trial._heartbeat.stop()
+        self._study.tell(trial._trial, state=TrialState.PRUNED)
+
+    def tell_failed(self, trial: Trial, reason: str) -> None:
+        trial._heartbeat.stop()
+        with contextlib.suppress(Exception):  # the reason is best effort; the state is not
+            trial.remember(REASON_ATTR, reason[:1000])
+        self._study.tell(trial._trial, state=TrialState.FAIL)
+
+    # dead workers
+
+    def dead_trials(self) -> list[DeadTrial]:
+        """RUNNING trials whose worker is gone: a dead pid on this host, or (any host) no
+        heartbeat for STALE_AFTER_SECONDS. Optuna's own heartbeat covers RDB storages only."""
+        host, now, out = socket.gethostname(), time.time(), []
+        for t in self._trials(TrialState.RUNNING):
+            worker = str(t.user_attrs.get(WORKER_ATTR, ""))
+            worker_host, _, pid = worker.rpartition(":")
+            if worker_host == host and pid.isdigit():
+                dead = not _pid_alive(int(pid))
+            else:
+                beat = t.user_attrs.get(HEARTBEAT_ATTR)
+                start = t.datetime_start.timestamp() if t.datetime_start else now
+                dead = now - float(beat if beat is not None else start) > STALE_AFTER_SECONDS
+            if dead:
+                run_id = t.user_attrs.get(RUN_ATTR)
+                out.append(
+                    DeadTrial(
+                        t.number,
+                        t._trial_id,
+                        str(run_id) if run_id else None,
+                        dict(t.params),
+                        int(t.user_attrs.get("retries", 0)),
+                        worker,
+                    )
+                )
+        return out
+
+    def adopt(self, dead: DeadTrial, state: str, value: float | None) -> None:
+        """Record the result a dead worker's run had already logged (no retraining)."""
+        self._study.tell(
+            dead.number, value if state == "COMPLETE" else None, state=TrialState[state]
+        )
+
+    def fail_dead(self, dead: DeadTrial, *, retries: int) -> bool:
+        """Mark a dead worker's trial FAIL; queue its params again if retries are left."""
+        backend = self._storage.backend
+        backend.set_trial_user_attr(dead.trial_id, REASON_ATTR, f"worker {dead.worker} died")
+        self._study.tell(dead.number, state=TrialState.FAIL)
+        if dead.retries >= retries:
+            return False
+        attrs = {"retry_of": dead.number, "retries": dead.retries + 1}
+        self._study.enqueue_trial(dead.params, user_attrs=attrs, skip_if_exists=False)
+        return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def open_study(
+    name: str,
+    storage: Storage,
     params: SearchParams,
     *,
-    n_trials: int,
-    timeout: float | None,
-    on_trial_end: Callable[[TrialSummary], None] | None = None,
-) -> None:
-    """Run trials until `n_trials` have finished (complete or pruned) in the whole study.
+    seed: int,
+    max_epochs: int,
+    new: bool = False,
+) -> SearchStudy:
+    """Create or resume the study; refuse to resume one whose search space has changed.
 
-    Failed trials (exceptions, NaN/inf) are recorded as FAIL with the reason and do not use up
-    the budget; to stop a broken setup from looping, this worker gives up after 2 x `n_trials`
-    failures of its own (at least 5). Ctrl-C marks the running trial FAIL and propagates.
+    Each process that opens the study gets its own sampler stream: seed + trials already in the
+    study + 7919 x (how many processes opened it at that same history before this one), counted
+    under the study lock. A lone process thus proposes what it always did for a seed and a
+    history, and processes started together never share a stream.
     """
-    failures = 0
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is the caller's job
-
-    def objective(trial: Any) -> float:
-        trial.set_user_attr(WORKER_ATTR, worker_id())
-        if _surplus(study, trial.number, n_trials):
-            trial.set_user_attr(REASON_ATTR, SURPLUS)
-            study.stop()
-            raise _Surplus
-        ctx = TrialContext(trial.number, suggest(trial, params.space), trial)
+    fingerprint = space_fingerprint(params.space)
+    backend = storage.backend
+    with storage.lock(f"study:{name}"):
         try:
-            value = float(trial_fn(ctx))
-        except TrialPruned:
-            raise optuna.TrialPruned() from None
-        except Exception as exc:
-            trial.set_user_attr(REASON_ATTR, f"{type(exc).__name__}: {exc}"[:1000])
-            raise
-        if not math.isfinite(value):  # Optuna would store inf as COMPLETE
-            trial.set_user_attr(REASON_ATTR, f"non-finite {params.metric}: {value}")
-            raise TrainingDiverged(f"{params.metric} is {value}")
-        return value
-
-    def after(study: Any, frozen: Any) -> None:
-        nonlocal failures
-        if frozen.user_attrs.get(REASON_ATTR) == SURPLUS:
-            return
-        c = counts(study)
-        if frozen.state == TrialState.FAIL:
-            failures += 1
-        try:
-            best = study.best_trial
-        except ValueError:
-            best = None
-        if on_trial_end is not None:
-            seconds = frozen.duration.total_seconds() if frozen.duration else None
-            on_trial_end(
-                TrialSummary(
-                    frozen.number,
-                    frozen.state.name,
-                    frozen.value,
-                    best.value if best else None,
-                    best.number if best else None,
-                    c["finished"],
-                    c["PRUNED"],
-                    c["FAIL"],
-                    seconds,
+            study_id = backend.get_study_id_from_name(name)
+        except KeyError:
+            study_id = None
+        if study_id is not None and new:
+            backend.delete_study(study_id)
+            study_id = None
+        if study_id is None:
+            direction = optuna.study.StudyDirection[params.direction.upper()]
+            study_id = backend.create_new_study([direction], name)
+            backend.set_study_user_attr(study_id, "space", fingerprint)
+            backend.set_study_user_attr(study_id, "metric", params.metric)
+        else:
+            old = backend.get_study_user_attrs(study_id).get("space")
+            if old is not None and old != fingerprint:
+                raise SearchError(
+                    f"study {name!r}: its search space differs from search.space in the params "
+                    "now, so resuming would mix incompatible trials. Run again with --new to "
+                    "start over, or --study NAME for a separate study."
                 )
-            )
-        # Other workers' running trials will finish too: stop once they can fill the budget,
-        # so K workers do not overshoot n_trials. (If one of them fails, `optimize` is simply
-        # called again by the caller until the budget is met.)
-        if c["finished"] + c["RUNNING"] >= n_trials:
-            study.stop()
-        elif failures >= max(2 * n_trials, 5):
-            log.error("stopping: %d trials of this worker failed", failures)
-            study.stop()
-
-    c = counts(study)
-    if c["finished"] + c["RUNNING"] >= n_trials:
-        return
-    study.optimize(
-        objective,
-        n_trials=None,
-        timeout=timeout,
-        catch=(Exception,),
-        callbacks=[after],
-        gc_after_trial=True,
-    )
-
-
-def trials_frame(study: Any) -> Any:
-    """The trials table (number, state, value, params_*, user attrs, duration) as a DataFrame."""
-    frame = study.trials_dataframe(
-        attrs=("number", "value", "state", "params", "user_attrs", "duration")
-    )
-    if "duration" in frame:
-        frame["seconds"] = frame["duration"].dt.total_seconds()
-        frame = frame.drop(columns=["duration"])
-    return frame
-
-
-def best(study: Any) -> tuple[int, float, dict[str, Any]] | None:
-    """(number, value, params) of the best complete trial, or None if there is none."""
-    try:
-        t = study.best_trial
-    except ValueError:
-        return None
-    return t.number, float(t.value), dict(t.params)
-
-
-def importances(study: Any) -> dict[str, float]:
-    """Parameter importances, or {} when there are too few complete trials to tell."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if len(done) < 3:
-        return {}
-    try:
-        return dict(optuna.importance.get_param_importances(study))
-    except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-        log.info("parameter importances unavailable: %s", exc)
-        return {}
+            direction = backend.get_study_directions(study_id)[0].name.lower()
+            if direction != params.direction:
+                raise SearchError(
+                    f"study {name!r} was created to {direction}; search.direction is "
+                    f"{params.direction}. Use --new or another --study name."
+                )
+        history = backend.get_n_trials(study_id)
+        key = f"pipeline:openers:{history}"
+        slot = int(backend.get_study_system_attrs(study_id).get(key, 0))
+        backend.set_study_system_attr(study_id, key, slot + 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study = optuna.load_study(
+            study_name=name,
+            storage=backend,
+            sampler=_sampler(params, seed + history + 7919 * slot),
+            pruner=_pruner(params, max_epochs),
+        )
+    return SearchStudy(study, storage, params)

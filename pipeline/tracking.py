@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from pipeline.errors import TrackingError, TrialPruned
+from pipeline.locks import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,16 @@ def _artifact_root(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
         return (Path(uri[len("sqlite:///") :]).parent / "artifacts").resolve().as_uri()
     return None  # a tracking server decides (its --artifacts-destination)
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise schema creation of a local SQLite store across processes (no-op for servers)."""
+    if uri.startswith("sqlite:///"):
+        with file_lock(uri[len("sqlite:///") :] + ".lock"):
+            yield
+    else:
+        yield
 
 
 def _bound_client_retries() -> None:
@@ -104,9 +115,12 @@ class Tracker:
             )
         self.display_uri = mask_secret(self.uri)
         mlflow.set_tracking_uri(self.uri)  # for the model-logging calls that need it
-        self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_name = experiment
-        self.experiment_id = self._experiment(experiment)
+        # Several processes opening a fresh SQLite store at once race on MLflow's schema
+        # migration ("duplicate column name"); the first one creates it while the rest wait.
+        with _store_lock(self.uri):
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self.experiment_id = self._experiment(experiment)
 
     def _experiment(self, name: str) -> str:
         try:
@@ -121,7 +135,8 @@ class Tracker:
                 tags={"mlflow.experimentKind": "custom_model_development"},
             )
         except Exception as exc:  # noqa: BLE001 - any store failure becomes one clear message
-            if type(exc).__name__ == "RestException" and "RESOURCE_ALREADY_EXISTS" in str(exc):
+            code = getattr(exc, "error_code", "")
+            if "RESOURCE_ALREADY_EXISTS" in f"{code} {exc}":  # another process created it
                 return self.client.get_experiment_by_name(name).experiment_id
             raise TrackingError(
                 f"tracking store {self.display_uri}: cannot open experiment {name!r} "
@@ -130,6 +145,16 @@ class Tracker:
             ) from None
 
     # -- runs -----------------------------------------------------------------------------
+
+    def create_run(
+        self, name: str, *, parent_id: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> str:
+        """Create a RUNNING run and return its id; the caller ends it (or `run(resume_id=...)`
+        does). Used where a run must be created under a lock, such as a study's parent."""
+        all_tags = {**environment_tags(), **(tags or {})}  # a copy: the cache stays intact
+        if parent_id:
+            all_tags[PARENT_TAG] = parent_id
+        return self.client.create_run(self.experiment_id, run_name=name, tags=all_tags).info.run_id
 
     @contextmanager
     def run(
@@ -144,16 +169,11 @@ class Tracker:
         explicit status: success or a pruned trial -> FINISHED; Ctrl-C/SIGTERM -> KILLED;
         anything else -> FAILED with the reason in the `error` tag. The exception propagates.
         """
-        all_tags = {**environment_tags(), **(tags or {})}  # a copy: the cache stays intact
-        if parent_id:
-            all_tags[PARENT_TAG] = parent_id
         if resume_id:
             self.client.update_run(resume_id, status="RUNNING")
-            self.set_tags(resume_id, all_tags)
             run_id = resume_id
         else:
-            run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
-            run_id = run.info.run_id
+            run_id = self.create_run(name, parent_id=parent_id, tags=tags)
         status = "FAILED"
         try:
             yield run_id
@@ -183,10 +203,28 @@ class Tracker:
             return False
         return run.info.experiment_id == self.experiment_id
 
-    def running_children(self, parent_id: str) -> list[str]:
-        """Ids of the parent's child runs still marked RUNNING."""
+    def running_trial_runs(self, parent_id: str) -> list[tuple[str, int]]:
+        """(run id, trial number) of the parent's trial runs still marked RUNNING."""
         found = self.runs(f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = 'RUNNING'")
-        return [r.info.run_id for r in found]
+        return [
+            (r.info.run_id, int(r.data.tags["pipeline.trial"]))
+            for r in found
+            if r.data.tags.get("pipeline.trial", "").isdigit()
+        ]
+
+    def trial_result(self, run_id: str) -> tuple[str, float | None] | None:
+        """(state, value) a trial run recorded once it was fully logged, or None if it never
+        got that far (its worker died before the end of training and logging)."""
+        try:
+            tags = self.client.get_run(run_id).data.tags
+        except Exception:  # noqa: BLE001 - MLflow raises its own not-found exception
+            return None
+        state = tags.get("optuna.state")
+        if state == "PRUNED":
+            return state, None
+        if state == "COMPLETE" and "pipeline.objective" in tags:
+            return state, float(tags["pipeline.objective"])
+        return None
 
     def metric_history(self, run_id: str, key: str) -> list[float]:
         return [

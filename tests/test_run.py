@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from conftest import MISSION_KEYS, free_port, require_postgres, wait_for_http
 
-from pipeline import config, run
+from pipeline import config, run, stages
+from pipeline.commands.common import make_tracker
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -82,15 +83,15 @@ def test_train_end_to_end_logs_a_complete_run_and_a_servable_model(workdir, stor
         f"tracking.uri={store_uri}",
     ]
     params = config.load(REPO / "params" / "iris.yaml", overrides)
-    prep = run.prepare(params)
-    tracker = run._tracker(params)
+    prep = stages.prepare(params)
+    tracker = make_tracker(params)
     with tracker.run("train") as run_id:
         tracker.log_params(run_id, config.flatten(params))
-        result = run.fit(params, prep, seed=params.seed)
-        run.log_training(tracker, run_id, result, prep)
-        test, uri, _ = run.log_champion(
+        result = stages.fit(params, prep, seed=params.seed)
+        stages.log_training(tracker, run_id, result, prep)
+        test = stages.log_champion(
             tracker, run_id, params, prep, result, register_as="iris-test"
-        )
+        ).test
 
     logged = mlflow.MlflowClient(store_uri).get_run(run_id)
     assert logged.info.status == "FINISHED"
@@ -105,7 +106,7 @@ def test_train_end_to_end_logs_a_complete_run_and_a_servable_model(workdir, stor
     )
 
     # Raw, unscaled test rows scored by the logged model in a fresh process.
-    frame = run._frame(prep, prep.raw.X_test, prep.raw.y_test)
+    frame = stages.frame(prep, prep.raw.X_test, prep.raw.y_test)
     frame.to_csv(workdir / "test.csv", index=False)
     out = subprocess.run(
         [
@@ -208,8 +209,8 @@ def test_search_resumes_to_the_total_registers_a_champion_and_predict_reproduces
 
     # The registered champion scores raw test rows to its logged test accuracy.
     params = config.load(REPO / "params" / "default.yaml", FAST[1::2])
-    prep = run.prepare(params)
-    run._frame(prep, prep.raw.X_test, prep.raw.y_test).to_csv(workdir / "test.csv", index=False)
+    prep = stages.prepare(params)
+    stages.frame(prep, prep.raw.X_test, prep.raw.y_test).to_csv(workdir / "test.csv", index=False)
     assert run.main(predict_argv("models:/default@champion", store_uri)) == 0
     pred = pd.read_csv(workdir / "pred.csv")["prediction"].to_numpy()
     acc = float((pred == prep.raw.y_test).mean())
@@ -226,7 +227,7 @@ def test_search_resumes_to_the_total_registers_a_champion_and_predict_reproduces
 
     before = champions()
     assert run.main([*base, "--trials", "6"]) == 0
-    assert "unchanged since the last run" in capsys.readouterr().out
+    assert "already evaluated for this best trial" in capsys.readouterr().out
     assert champions() == before
 
 
@@ -327,7 +328,7 @@ def test_interrupt_ends_runs_killed_marks_the_trial_and_exits_130(workdir, store
     runs = mlflow.MlflowClient(store_uri).search_runs(["1"])
     assert all(r.info.status != "RUNNING" for r in runs)
     assert {r.info.run_id: r.info.status for r in runs}[trial_run] == "KILLED"
-    storage = search.make_storage(str(workdir / "mlruns" / "optuna-journal.log"), retries=0)
+    storage = search.make_storage(str(workdir / "mlruns" / "optuna-journal.log")).backend
     import optuna
 
     study = optuna.load_study(study_name="default", storage=storage)
@@ -352,7 +353,7 @@ def test_a_killed_worker_is_reconciled_on_the_next_start(workdir, store_uri, cap
     assert run.main(["search", "--tracking-uri", store_uri, "--trials", "1", *FAST]) == 0
     old = client.get_run(trial_run)
     assert old.info.status == "KILLED" and old.data.tags["optuna.state"] == "FAIL"
-    storage = search.make_storage(str(workdir / "mlruns" / "optuna-journal.log"), retries=0)
+    storage = search.make_storage(str(workdir / "mlruns" / "optuna-journal.log")).backend
     study = optuna.load_study(study_name="default", storage=storage)
     states = [t.state.name for t in study.trials]
     assert states == ["FAIL", "COMPLETE"]

@@ -1,7 +1,6 @@
-"""The search engine with a stand-in trial function (no Keras): budgets, failures, pruning,
-seeding, resume and reaping of dead workers' trials."""
+"""The Optuna layer on its own (no Keras, no MLflow): the trial protocol, budgets, seeding,
+resume, locks and dead workers' trials."""
 
-import math
 import os
 import socket
 
@@ -25,90 +24,80 @@ def params(**kw):
 
 
 def study_at(tmp_path, p=None, name="s", **kw):
-    storage = search.make_storage(str(tmp_path / "journal.log"), retries=1)
+    storage = search.make_storage(str(tmp_path / "journal.log"))
     return search.open_study(name, storage, p or params(), seed=0, max_epochs=10, **kw)
 
 
-def value_of(ctx):
-    return 1.0 - ctx.values["model.dropout"]
-
-
-def test_suggest_samples_every_key_and_budget_counts_finished(tmp_path):
-    study = study_at(tmp_path)
+def drive(study, n_trials, fn=lambda t: 1.0 - t.values["model.dropout"]):
+    """The smallest ask/tell loop: what pipeline.study does, minus MLflow."""
     seen = []
-    search.optimize(
-        study, lambda c: seen.append(c.values) or value_of(c), params(), n_trials=4, timeout=None
-    )
-    assert len(seen) == 4 and all(set(v) == set(SPACE) for v in seen)
-    assert search.counts(study)["COMPLETE"] == 4
+    while True:
+        c = study.counts()
+        if search.budget_left(c.finished, c.running, n_trials) <= 0:
+            return seen
+        trial = study.ask(n_trials)
+        if trial is None:
+            return seen
+        seen.append(trial.values)
+        study.tell_complete(trial, fn(trial))
+
+
+def test_budget_rule_counts_finished_and_in_flight_trials():
+    assert search.budget_left(finished=3, in_flight=0, n_trials=5) == 2
+    assert search.budget_left(finished=3, in_flight=2, n_trials=5) == 0
+    assert search.budget_left(finished=6, in_flight=0, n_trials=5) == -1
+
+
+def test_ask_samples_every_key_and_tell_records_states(tmp_path):
+    study = study_at(tmp_path)
+    seen = drive(study, 3)
+    assert len(seen) == 3 and all(set(v) == set(SPACE) for v in seen)
+    pruned, failed = study.ask(10), study.ask(10)
+    pruned.should_prune(0, 0.1)
+    study.tell_pruned(pruned)
+    study.tell_failed(failed, "RuntimeError: boom")
+    c = study.counts()
+    assert (c.complete, c.pruned, c.failed, c.running, c.finished) == (3, 1, 1, 0, 4)
+    reasons = [t.user_attrs.get(search.REASON_ATTR) for t in study._trials()]
+    assert reasons[-1] == "RuntimeError: boom"
+    assert study.best().number in (0, 1, 2)
 
 
 def test_same_seed_proposes_the_same_trials(tmp_path):
-    runs = []
-    for i in range(2):
-        study = study_at(tmp_path / str(i))
-        search.optimize(study, value_of, params(), n_trials=5, timeout=None)
-        runs.append([t.params for t in study.trials])
+    runs = [drive(study_at(tmp_path / str(i)), 5) for i in range(2)]
     assert runs[0] == runs[1]
 
 
-def test_failures_and_non_finite_values_fail_without_using_the_budget(tmp_path):
-    study = study_at(tmp_path)
+def test_a_lone_process_keeps_its_stream_and_simultaneous_openers_get_distinct_ones(tmp_path):
+    """The seed rule: seed + history + 7919 x (openers at that history before this one)."""
+    lone = study_at(tmp_path / "lone")
+    first = lone.ask(10).values
+    reference = optuna.samplers.TPESampler(seed=0, n_startup_trials=2)
+    ref = optuna.create_study(sampler=reference, direction="maximize")
+    assert search.suggest(ref.ask(), SPACE) == first  # exactly what seed 0 proposes
 
-    def flaky(ctx):
-        if ctx.number == 1:
-            raise RuntimeError("boom")
-        if ctx.number == 2:
-            return math.nan
-        if ctx.number == 3:
-            return math.inf
-        return value_of(ctx)
-
-    search.optimize(study, flaky, params(), n_trials=3, timeout=None)
-    c = search.counts(study)
-    assert (c["COMPLETE"], c["FAIL"]) == (3, 3)
-    reasons = [
-        t.user_attrs.get(search.REASON_ATTR, "") for t in study.trials if t.state.name == "FAIL"
-    ]
-    assert "boom" in reasons[0] and "nan" in reasons[1] and "inf" in reasons[2]
+    a, b = study_at(tmp_path / "two"), study_at(tmp_path / "two")  # both see history 0
+    assert a.ask(10).values != b.ask(10).values
 
 
-def test_resume_continues_to_the_total_and_a_new_seed_offset_avoids_replays(tmp_path):
-    study = study_at(tmp_path)
-    search.optimize(study, value_of, params(), n_trials=2, timeout=None)
+def test_resume_continues_to_the_total_without_replaying(tmp_path):
+    drive(study_at(tmp_path), 2)
     again = study_at(tmp_path)
-    search.optimize(again, value_of, params(), n_trials=4, timeout=None)
-    assert search.counts(again)["finished"] == 4
-    proposals = [tuple(sorted(t.params.items())) for t in again.trials]
-    assert len(set(proposals)) == 4  # the resumed sampler did not replay trials 0 and 1
+    drive(again, 4)
+    assert again.counts().finished == 4
+    proposals = [tuple(sorted(t.params.items())) for t in again._trials()]
+    assert len(set(proposals)) == 4
 
 
 def test_changed_space_refuses_to_resume_and_new_starts_over(tmp_path):
-    study = study_at(tmp_path)
-    search.optimize(study, value_of, params(), n_trials=1, timeout=None)
+    drive(study_at(tmp_path), 1)
     changed = params(space={**SPACE, "model.dropout": {"low": 0.0, "high": 0.3}})
     with pytest.raises(SearchError, match="--new"):
         study_at(tmp_path, changed)
+    with pytest.raises(SearchError, match="maximize"):
+        study_at(tmp_path, params(direction="minimize"))
     fresh = study_at(tmp_path, changed, new=True)
-    assert len(fresh.trials) == 0
-
-
-def test_pruned_trials_count_as_finished(tmp_path):
-    p = params(pruner="median")
-    study = study_at(tmp_path, p)
-
-    def curve(ctx):
-        from pipeline.errors import TrialPruned
-
-        quality = 1.0 - ctx.values["model.dropout"] if ctx.number < 3 else 0.0
-        for epoch in range(10):
-            if ctx.should_prune(epoch, quality * epoch):
-                raise TrialPruned
-        return quality
-
-    search.optimize(study, curve, p, n_trials=6, timeout=None)
-    c = search.counts(study)
-    assert c["finished"] == 6 and c["PRUNED"] >= 1
+    assert fresh.counts().finished == 0
 
 
 def test_grid_sampler_needs_choices(tmp_path):
@@ -116,73 +105,87 @@ def test_grid_sampler_needs_choices(tmp_path):
         study_at(tmp_path, params(sampler="grid"))
 
 
-def test_dead_workers_running_trial_is_failed_and_requeued(tmp_path):
+def test_a_trial_asked_after_the_budget_is_covered_steps_aside(tmp_path):
     study = study_at(tmp_path)
-    trial = study.ask()
-    trial.set_user_attr(
-        search.WORKER_ATTR, f"{socket.gethostname()}:{2**22 + 12345}"
-    )  # no such pid
-    trial.set_user_attr(search.RUN_ATTR, "run-abc")
-    alive = study.ask()
-    alive.set_user_attr(search.WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
-    reaped = search.reap_stale_trials(study, retries=1)
-    assert reaped == [(trial.number, "run-abc")]
-    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
-    assert states[trial.number] == "FAIL" and states[alive.number] == "RUNNING"
-    assert states[max(states)] == "WAITING"  # the retry, queued with the same params
-    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))[0]
-    assert waiting.params == study.trials[trial.number].params
+    first, second = study.ask(2), study.ask(2)  # two workers mid-trial fill a budget of 2
+    assert first is not None and second is not None
+    assert study.ask(2) is None  # a third steps aside before anything runs
+    c = study.counts()
+    assert (c.running, c.skipped, c.failed) == (2, 1, 0)  # skipped is not a failure
+    study.tell_complete(first, 0.5)
+    study.tell_failed(second, "boom")
+    assert study.ask(2) is not None  # a failure frees budget again
 
 
-def test_trial_states_map_run_ids(tmp_path):
+def test_dead_workers_trial_is_failed_and_requeued_or_adopted(tmp_path):
     study = study_at(tmp_path)
+    host = socket.gethostname()
+    dead_pid = 2**22 + 12345  # above pid_max: no such process
+    gone, done, alive = study.ask(10), study.ask(10), study.ask(10)
+    for t in (gone, done):
+        t.remember(search.WORKER_ATTR, f"{host}:{dead_pid}")
+        t.remember(search.RUN_ATTR, f"run-{t.number}")
+    assert alive._trial.user_attrs[search.WORKER_ATTR] == f"{host}:{os.getpid()}"
+    dead = {d.number: d for d in study.dead_trials()}
+    assert set(dead) == {gone.number, done.number}
+    assert dead[gone.number].run_id == f"run-{gone.number}"
+    assert study.fail_dead(dead[gone.number], retries=1) is True
+    study.adopt(dead[done.number], "COMPLETE", 0.75)
+    states = study.trial_states()
+    assert states[gone.number] == "FAIL" and states[alive.number] == "RUNNING"
+    assert states[done.number] == "COMPLETE" and study.best().value == 0.75
+    retry = study.ask(10)  # the queued retry comes first, with the same params
+    assert retry.values == gone.values
+    assert retry._trial.user_attrs["retry_of"] == gone.number
 
-    def fn(ctx):
-        ctx.remember(search.RUN_ATTR, f"run-{ctx.number}")
-        return value_of(ctx)
 
-    search.optimize(study, fn, params(), n_trials=2, timeout=None)
-    assert search.trial_states(study) == {"run-0": "COMPLETE", "run-1": "COMPLETE"}
-    assert search.best(study)[0] in (0, 1)
-    frame = search.trials_frame(study)
-    assert {"number", "value", "state", "params_model.dropout", "seconds"} <= set(frame.columns)
+def test_a_trial_on_another_host_is_dead_only_without_a_heartbeat(tmp_path, monkeypatch):
+    study = study_at(tmp_path)
+    t = study.ask(10)
+    t.remember(search.WORKER_ATTR, "elsewhere:123")
+    assert study.dead_trials() == []  # just started: alive until the grace period passes
+    monkeypatch.setattr(search, "STALE_AFTER_SECONDS", -1.0)
+    assert [d.number for d in study.dead_trials()] == [t.number]
+
+
+def test_the_storage_lock_excludes_other_processes(tmp_path):
+    """A second process cannot take the lock while this one holds it."""
+    import subprocess
+    import sys
+
+    storage = search.make_storage(str(tmp_path / "journal.log"))
+    probe = (
+        "import sys; from pipeline import search\n"
+        "s = search.make_storage(sys.argv[1])\n"
+        "import fcntl\n"
+        "path = s.url + '.pipeline-' + search._slug('x') + '.lock'\n"
+        "f = open(path, 'a')\n"
+        "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
+        "except BlockingIOError:\n    print('held')\n"
+    )
+    run = [sys.executable, "-c", probe, str(tmp_path / "journal.log")]
+    with storage.lock("x"):
+        held = subprocess.run(run, capture_output=True, text=True, check=True).stdout
+    free = subprocess.run(run, capture_output=True, text=True, check=True).stdout
+    assert (held.strip(), free.strip()) == ("held", "free")
 
 
 @pytest.mark.postgres
-def test_postgresql_storage_shares_one_study(tmp_path):
+def test_postgresql_storage_shares_one_study():
     """Needs PostgreSQL on 127.0.0.1:5432 (or PIPELINE_TEST_PG_URL): see require_postgres."""
     pg_url = require_postgres()
     name = f"pipeline-test-{os.getpid()}"
-    storage = search.make_storage(pg_url, retries=1)
     try:
-        a = search.open_study(name, storage, params(), seed=0, max_epochs=10, new=True)
-        search.optimize(a, value_of, params(), n_trials=2, timeout=None)
-        b = search.open_study(
-            name, search.make_storage(pg_url, retries=1), params(), seed=0, max_epochs=10, worker=1
-        )
-        search.optimize(b, value_of, params(), n_trials=3, timeout=None)
-        assert search.counts(b)["COMPLETE"] == 3
+        a = search.open_study(name, search.make_storage(pg_url), params(), seed=0, max_epochs=10)
+        drive(a, 2)
+        b = search.open_study(name, search.make_storage(pg_url), params(), seed=0, max_epochs=10)
+        drive(b, 3)
+        assert b.counts().complete == 3
     finally:
-        optuna.delete_study(study_name=name, storage=storage)
+        optuna.delete_study(study_name=name, storage=pg_url)
 
 
 def test_storage_error_masks_the_password():
     with pytest.raises(SearchError) as err:
-        search.make_storage("postgresql://bob:hunter2@127.0.0.1:1/none", retries=1)
+        search.make_storage("postgresql://bob:hunter2@127.0.0.1:1/none")
     assert "hunter2" not in str(err.value) and "***" in str(err.value)
-
-
-def test_a_trial_created_after_the_budget_is_covered_steps_aside(tmp_path):
-    study = study_at(tmp_path)
-    first, second, third = study.ask(), study.ask(), study.ask()  # three workers mid-trial
-    assert not search._surplus(study, second.number, n_trials=2)  # only `first` is ahead
-    assert search._surplus(study, third.number, n_trials=2)  # first + second fill the budget
-    study.tell(first, 0.5)
-    study.tell(second, 0.6)
-    fn_calls = []
-    search.optimize(study, lambda c: fn_calls.append(c) or 1.0, params(), n_trials=2, timeout=None)
-    assert fn_calls == []  # budget met: nothing more runs
-    third.set_user_attr(search.REASON_ATTR, search.SURPLUS)
-    study.tell(third, state=optuna.trial.TrialState.FAIL)
-    c = search.counts(study)
-    assert (c["finished"], c["FAIL"], c["SKIPPED"]) == (2, 0, 1)  # not reported as a failure

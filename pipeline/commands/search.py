@@ -1,0 +1,171 @@
+"""`search` (also the bare command): the staged pipeline with a tracked Optuna study.
+
+Any number of processes may run this same command on the same study at once, on this machine
+or many; `--workers K` simply starts K-1 more of them here. The study itself (parent run,
+trials, champion) is pipeline.study's job; this module parses, starts workers and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from pipeline.commands.common import add_common, load_params, make_tracker
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pipeline import config
+    from pipeline.study import Outcome, TrackedStudy, TrialSummary
+
+log = logging.getLogger("pipeline")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="Optuna study over search.space, then the champion model")
+    add_common(p)
+    p.add_argument("--trials", type=int, help="finished trials wanted in total (n_trials)")
+    p.add_argument("--timeout", type=float, help="stop starting trials after SECONDS")
+    p.add_argument("--study", help="study name (default: the experiment name)")
+    p.add_argument("--storage", help="Optuna storage URL (default: journal file in mlruns/)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    p.add_argument("--new", action="store_true", help="discard a study of the same name")
+    p.add_argument("--spawned", action="store_true", help=argparse.SUPPRESS)  # a --workers child
+
+
+def main(args: argparse.Namespace) -> int:
+    from pipeline import search, stages
+    from pipeline.study import TrackedStudy
+    from pipeline.tracking import mask_secret
+
+    params = load_params(args)
+    if args.workers < 1:
+        raise PipelineError(f"--workers {args.workers}: give 1 or more worker processes.")
+    prep = stages.prepare(params)
+    stages.check_metric(params, prep)
+    # K single-threaded workers beat one K-threaded process on a small machine.
+    stages.start_keras(threads=1 if args.workers > 1 or args.spawned else None)
+    tracker = make_tracker(params)
+    name = args.study or stages.experiment_name(params)
+    storage_url = args.storage or search.default_storage()
+    tracked = TrackedStudy.open(
+        params,
+        prep,
+        tracker,
+        name=name,
+        storage=search.make_storage(storage_url),
+        storage_display=mask_secret(storage_url),
+        new=args.new and not args.spawned,
+    )
+    tracked.reconcile()
+    n_trials = params.search.n_trials
+    before = tracked.study.counts()
+    ds = prep.dataset
+    log.info(
+        "study %r: %d/%d trials finished before this run; data %s (%d rows, %s)",
+        name,
+        before.finished,
+        n_trials,
+        ds.name,
+        len(ds.y),
+        ds.task,
+    )
+    progress = _progress(n_trials, params.search.metric)
+    workers: list[subprocess.Popen[bytes]] = []
+    with tracker.run(f"study-{name}", resume_id=tracked.parent_id):
+        try:
+            if args.workers > 1 and before.finished < n_trials:
+                workers = _spawn_workers(args.argv, args.workers - 1)
+            tracked.run_trials(progress)
+            for w in workers:
+                w.wait()
+            tracked.run_trials(progress)  # tops up if a worker's last trials failed or it died
+            outcome = tracked.finish()
+        except BaseException:
+            _stop(workers)
+            tracked.reconcile()
+            if not args.spawned:
+                _print_study(tracked, params)
+            raise
+    if not args.spawned:
+        _print_study(tracked, params)
+        _print_outcome(outcome, params, tracker.ui_url())
+    return 0
+
+
+def _spawn_workers(argv: list[str], k: int) -> list[subprocess.Popen[bytes]]:
+    """K more starters of this very command (same argv) with one thread each."""
+    argv = [a for a in argv if a != "--new"] + ["--workers", "1", "--spawned"]
+    env = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+    cmd = [sys.executable, "-m", "pipeline.run", *argv]
+    return [subprocess.Popen(cmd, env=env) for _ in range(k)]
+
+
+def _stop(workers: list[subprocess.Popen[bytes]]) -> None:
+    for w in workers:
+        w.terminate()  # SIGTERM: they end their runs KILLED and mark their trials
+    for w in workers:
+        w.wait()
+
+
+def _progress(n_trials: int, metric: str) -> Callable[[TrialSummary], None]:
+    def show(s: TrialSummary) -> None:
+        value = f"{s.value:.4f}" if s.value is not None else "-"
+        best = f"{s.best.value:.4f} (#{s.best.number})" if s.best is not None else "-"
+        log.info(
+            "trial %d %-8s %s=%s  | finished %d/%d, best %s, pruned %d, failed %d  %.1fs",
+            s.number,
+            s.state,
+            metric,
+            value,
+            s.counts.finished,
+            n_trials,
+            best,
+            s.counts.pruned,
+            s.counts.failed,
+            s.seconds,
+        )
+
+    return show
+
+
+def _print_study(tracked: TrackedStudy, params: config.Params) -> None:
+    from pipeline import report
+
+    c = tracked.study.counts()
+    frame = tracked.study.frame()
+    print(f"\nstudy: {c.complete} complete, {c.pruned} pruned, {c.failed} failed")
+    if frame.empty:
+        return
+    maximize = params.search.direction == "maximize"
+    done = frame[frame["state"] == "COMPLETE"].sort_values("value", ascending=not maximize)
+    cols = ["number", "value", *[f"params_{k}" for k in params.search.space]]
+    rows = [
+        {c.replace("params_", ""): r[c] for c in cols if c in r}
+        for _, r in done.head(params.search.top_k).iterrows()
+    ]
+    if rows:
+        print(report.table(rows, [c.replace("params_", "") for c in cols]))
+
+
+def _print_outcome(outcome: Outcome, params: config.Params, ui_url: str) -> None:
+    from pipeline import report
+
+    if outcome.champion is None or outcome.best is None:
+        print(f"\nno champion yet: {outcome.pending}")
+        return
+    best, champ = outcome.best, outcome.champion
+    how = (
+        "retrained on the train split with its params and evaluated once on the test split:"
+        if outcome.made_here
+        else "already evaluated for this best trial (the test split is not used again):"
+    )
+    print(f"\nchampion = best trial {best.number} ({params.search.metric} {best.value:.4f}), {how}")
+    rows = [{"metric": k, "value": v} for k, v in champ.test.items()]
+    print(report.table(rows, ["metric", "value"]))
+    print(f"\nmodel: {champ.model}")
+    print(f"open the UI:  python -m pipeline.run ui    then  {ui_url}")

@@ -1,0 +1,39 @@
+"""`ui`: the MLflow UI on 127.0.0.1 for the project's store."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+
+from pipeline.commands.common import add_common, load_params, make_tracker
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the project's store")
+    add_common(p)
+    p.add_argument("--port", type=int, default=5000)
+
+
+def main(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from pipeline import tracking
+
+    params = load_params(args)
+    tracker = make_tracker(params)  # creates the store (and the experiment) if missing
+    cmd = tracking.ui_command(tracker.uri, port=args.port)
+    print(f"MLflow UI for {tracker.display_uri}: {tracker.ui_url(port=args.port)}")
+    print("(Ctrl-C to stop)")
+    # Its own process group: `mlflow ui` starts uvicorn and job-runner children that outlive a
+    # SIGTERM to the parent alone, so stopping means signalling the whole group.
+    server = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        return server.wait()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the server too, that is the normal end
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        print("MLflow UI stopped.")
+        return 0

@@ -1,0 +1,204 @@
+"""The one place where the stages are chained: load -> split -> normalize -> train -> evaluate.
+
+Each stage is a pure function of data.py or model.py; this module calls them in order and hands
+their results to a `Tracker`. It never talks to MLflow, Optuna or Keras itself, so the `train`
+command, a tracked study and the benches all train and log a model in exactly the same way.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline import config
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.data import Dataset, Scaler, Splits
+    from pipeline.model import EpochHook, TrainResult
+    from pipeline.tracking import Tracker
+
+# What `search.metric` may name, per task (every one of them is computed after each epoch).
+METRICS = {
+    "classification": (
+        "val_accuracy",
+        "val_loss",
+        "val_f1",
+        "val_precision",
+        "val_recall",
+        "val_roc_auc",
+    ),
+    "regression": ("val_loss", "val_mse", "val_rmse", "val_mae", "val_r2"),
+}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Data loaded, split and normalized once, shared by every trial of a study."""
+
+    dataset: Dataset
+    raw: Splits  # unscaled splits (for input examples and prediction checks)
+    scaled: Splits
+    scaler: Scaler
+
+
+@dataclass(frozen=True)
+class Champion:
+    """What the champion step produced: test metrics and where the servable model is."""
+
+    test: dict[str, float]
+    model_uri: str
+    version: str | None
+
+
+def experiment_name(params: config.Params) -> str:
+    return params.tracking.experiment or params.name
+
+
+def prepare(params: config.Params) -> Prepared:
+    """Load, split and normalize (scaler fitted on the training split only)."""
+    from pipeline import data
+
+    dataset = data.load(params.data)
+    raw = data.split(dataset, params.split, seed=params.seed)
+    scaled, scaler = data.normalize(raw)
+    return Prepared(dataset, raw, scaled, scaler)
+
+
+def check_metric(params: config.Params, prep: Prepared) -> None:
+    """Refuse a search metric the task cannot produce, before anything is written."""
+    task, n_classes = prep.dataset.task, prep.dataset.n_classes
+    metric = params.search.metric
+    binary_only = metric == "val_roc_auc" and n_classes != 2
+    if metric not in METRICS[task] or binary_only:
+        raise PipelineError(
+            f"search.metric {metric!r} is not available for {task}; use one of "
+            f"{', '.join(METRICS[task])} (with a matching search.direction; val_roc_auc needs "
+            "two classes)."
+        )
+
+
+def start_keras(*, threads: int | None = None) -> None:
+    """Import Keras now (and pin its threads) so no trial pays TensorFlow's start-up."""
+    from pipeline import model
+
+    if threads is not None:
+        model.configure_threads(threads)
+    model.warm_up()
+
+
+def frame(prep: Prepared, X: np.ndarray, y: np.ndarray | None = None) -> pd.DataFrame:
+    """Raw (unscaled) rows as a data frame with the feature names, optionally with the target."""
+    import numpy as np
+    import pandas as pd
+
+    out = pd.DataFrame(np.asarray(X, dtype=np.float64), columns=list(prep.dataset.feature_names))
+    if y is not None:
+        ds = prep.dataset
+        out[ds.target_name] = [ds.classes[int(c)] for c in y] if ds.classes else y
+    return out
+
+
+def fit(
+    params: config.Params, prep: Prepared, *, seed: int, on_epoch: EpochHook | None = None
+) -> TrainResult:
+    from pipeline import model
+
+    ds = prep.dataset
+    return model.train(
+        prep.scaled,
+        params.model,
+        params.train,
+        task=ds.task,
+        n_classes=ds.n_classes,
+        seed=seed,
+        on_epoch=on_epoch,
+    )
+
+
+def score(result: TrainResult, prep: Prepared, split: str) -> dict[str, float]:
+    """Metrics of a trained model on one split ('val' or 'test'), keys prefixed by the split."""
+    from pipeline import model
+
+    X = getattr(prep.scaled, f"X_{split}")
+    y = getattr(prep.scaled, f"y_{split}")
+    ds = prep.dataset
+    metrics = model.evaluate(result.model, X, y, task=ds.task, n_classes=ds.n_classes)
+    return {f"{split}_{k}": v for k, v in metrics.items()}
+
+
+def log_dataset(tracker: Tracker, run_id: str, params: config.Params, prep: Prepared) -> None:
+    """The whole data set (raw features and labels) as the run's MLflow dataset input."""
+    ds = prep.dataset
+    tracker.log_dataset(
+        run_id,
+        frame(prep, ds.X, ds.y),
+        name=ds.name,
+        source=params.data.source,
+        target=ds.target_name,
+    )
+
+
+def log_training(
+    tracker: Tracker, run_id: str, result: TrainResult, prep: Prepared
+) -> dict[str, float]:
+    """Per-epoch curves, epochs run, seconds and final validation metrics of one training."""
+    tracker.log_history(run_id, result.history)
+    final = score(result, prep, "val")
+    tracker.log_metrics(
+        run_id, {**final, "epochs_run": result.epochs_run, "train_seconds": result.seconds}
+    )
+    return final
+
+
+def log_weights(tracker: Tracker, run_id: str, result: TrainResult) -> None:
+    """The trained network as a Keras v3 file artifact of the run."""
+    from pipeline import model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker.log_artifact(run_id, model.save(result.model, Path(tmp) / "model.keras"))
+
+
+def log_champion(
+    tracker: Tracker,
+    run_id: str,
+    params: config.Params,
+    prep: Prepared,
+    result: TrainResult,
+    *,
+    register_as: str | None,
+) -> Champion:
+    """Test metrics (the test split's only use), plots, report and the servable model."""
+    from pipeline import model, report
+
+    ds = prep.dataset
+    test = score(result, prep, "test")
+    tracker.log_metrics(run_id, test)
+    tracker.log_figure(run_id, report.learning_curves(result.history), "learning_curves.png")
+    pred = model.to_labels(model.predict_scores(result.model, prep.scaled.X_test), ds.task)
+    if ds.task == "classification":
+        fig = report.confusion_matrix_figure(prep.scaled.y_test, pred, ds.classes)
+        tracker.log_figure(run_id, fig, "confusion_matrix.png")
+        text = report.classification_report_text(prep.scaled.y_test, pred, ds.classes)
+        tracker.log_text(run_id, text, "classification_report.txt")
+    else:
+        tracker.log_figure(
+            run_id, report.residual_figure(prep.scaled.y_test, pred), "residuals.png"
+        )
+    preprocess = {
+        "scaler": prep.scaler.to_dict(),
+        "features": list(ds.feature_names),
+        "classes": list(ds.classes),
+        "task": ds.task,
+        "target": ds.target_name,
+    }
+    example = frame(prep, prep.raw.X_test[:5])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = model.save(result.model, Path(tmp) / "model.keras")
+        uri, version = tracker.log_model(run_id, path, preprocess, example, register_as=register_as)
+    return Champion(test, uri, version)

@@ -1,0 +1,447 @@
+"""A tracked study: one Optuna trial = one MLflow run, however many processes run it.
+
+Read top to bottom, this module is the search engine:
+
+1. `TrackedStudy.open` opens (or resumes) the Optuna study and elects the study's one parent
+   run under the study lock, so any number of processes started at once share one parent.
+2. `reconcile` squares the study with the store after a crash: a dead worker's trial whose run
+   had already logged its result is adopted as is; any other is failed (and retried, with a new
+   run); runs left RUNNING are closed with the state of their trial.
+3. `run_trials` asks for trials until `n_trials` have finished in the whole study. Each trial's
+   protocol is ordered so that a worker may die at any instant and `reconcile` still agrees
+   with the store: the run is created before `fit`; after training the result is written on the
+   run, then told to Optuna, then the run is closed.
+4. `finish` is done once, by the last worker standing, under the study lock: the parent's
+   artifacts, then the champion (the best trial's params trained, tested once, registered).
+   A champion already made for the same best trial is reported, never made twice.
+
+It uses search.py (Optuna) and tracking.py (MLflow) and never the frameworks themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pipeline import config, search, stages
+from pipeline.errors import PipelineError, TrainingDiverged
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pipeline.model import EpochHook
+    from pipeline.stages import Prepared
+    from pipeline.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+PARENT_ATTR = "mlflow_parent_run_id"
+CHAMPION_ATTR = "champion"
+STATE_TAG = "optuna.state"
+RESULT_TAG = "pipeline.objective"  # the trial's objective, written on the run before Optuna
+INTERRUPTED = "interrupted (Ctrl-C or SIGTERM)"
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What training one trial produced: its final validation metrics, and whether the
+    pruner stopped it (after `epochs_run` epochs)."""
+
+    metrics: dict[str, float]
+    epochs_run: int
+    pruned: bool
+
+
+class Trainer(Protocol):
+    """Trains one trial's params into its (already open) run and logs what it made.
+
+    The default trains the Keras model (`keras_trainer`); benches and tests pass a stub that
+    trains nothing, so the real search layer can be measured and broken on purpose.
+    """
+
+    def __call__(self, params: config.Params, run_id: str, on_epoch: EpochHook) -> Trained: ...
+
+
+def keras_trainer(prep: Prepared, tracker: Tracker, *, seed: int) -> Trainer:
+    """Fit, then log curves, final validation metrics and the weights of the trial's model."""
+
+    def train(params: config.Params, run_id: str, on_epoch: EpochHook) -> Trained:
+        from pipeline import model
+
+        try:
+            result = stages.fit(params, prep, seed=seed, on_epoch=on_epoch)
+            metrics = stages.log_training(tracker, run_id, result, prep)
+            stages.log_weights(tracker, run_id, result)
+            return Trained(metrics, result.epochs_run, result.stopped_by == "hook")
+        finally:
+            model.release()
+
+    return train
+
+
+@dataclass(frozen=True)
+class TrialSummary:
+    """One finished trial and the study's standing after it (for progress lines)."""
+
+    number: int
+    state: str
+    value: float | None
+    best: search.Best | None
+    counts: search.Counts
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    adopted: int = 0  # dead workers' trials whose run had finished: result kept
+    failed: int = 0  # dead workers' trials failed (and re-queued if retries allow)
+    closed: int = 0  # runs left RUNNING, now ended with their trial's state
+
+
+@dataclass(frozen=True)
+class ChampionRecord:
+    """The champion of a study as stored with it: made once per best trial."""
+
+    trial: int
+    run_id: str
+    model: str
+    test: dict[str, float]
+
+    @classmethod
+    def from_attr(cls, value: Any) -> ChampionRecord | None:
+        if not isinstance(value, dict) or not {"trial", "run_id", "model", "test"} <= set(value):
+            return None
+        return cls(int(value["trial"]), str(value["run_id"]), str(value["model"]), value["test"])
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How this process's part of the study ended."""
+
+    best: search.Best | None
+    champion: ChampionRecord | None
+    made_here: bool  # this process trained/tested/registered the champion
+    pending: str | None = None  # why no champion yet (other workers still running)
+
+
+class TrackedStudy:
+    """An Optuna study whose every trial is an MLflow run nested under one parent run."""
+
+    def __init__(
+        self,
+        params: config.Params,
+        prep: Prepared,
+        tracker: Tracker,
+        study: search.SearchStudy,
+        parent_id: str,
+        *,
+        storage: str,
+        trainer: Trainer | None = None,
+    ) -> None:
+        self.params = params
+        self.prep = prep
+        self.tracker = tracker
+        self.study = study
+        self.parent_id = parent_id
+        self.storage = storage  # masked URL, for tags and messages
+        self.name = study.name
+        self.trainer = trainer or keras_trainer(prep, tracker, seed=params.seed)
+
+    # -- 1. open ----------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        params: config.Params,
+        prep: Prepared,
+        tracker: Tracker,
+        *,
+        name: str,
+        storage: search.Storage,
+        storage_display: str,
+        new: bool = False,
+        trainer: Trainer | None = None,
+    ) -> TrackedStudy:
+        """Open or resume the study and elect its parent run (exactly one per study)."""
+        study = search.open_study(
+            name, storage, params.search, seed=params.seed, max_epochs=params.train.epochs, new=new
+        )
+        with study.exclusive():
+            parent_id = study.attr(PARENT_ATTR)
+            if not tracker.exists(parent_id):
+                parent_id = tracker.create_run(
+                    f"study-{name}",
+                    tags={
+                        "pipeline.kind": "study",
+                        "pipeline.study": name,
+                        "optuna.storage": storage_display,
+                    },
+                )
+                tracker.log_params(
+                    parent_id,
+                    {
+                        k: v
+                        for k, v in config.flatten(params).items()
+                        if not k.startswith("search.")
+                    },
+                )
+                tracker.log_text(
+                    parent_id, config.space_fingerprint(params.search.space), "search_space.yaml"
+                )
+                stages.log_dataset(tracker, parent_id, params, prep)
+                study.set_attr(PARENT_ATTR, parent_id)
+        return cls(
+            params, prep, tracker, study, parent_id, storage=storage_display, trainer=trainer
+        )
+
+    # -- 2. reconcile -----------------------------------------------------------------------
+
+    def reconcile(self) -> Reconciled:
+        """Settle dead workers' trials and close runs left RUNNING (under the study lock)."""
+        adopted = failed = closed = 0
+        with self.study.exclusive():
+            for dead in self.study.dead_trials():
+                result = self.tracker.trial_result(dead.run_id) if dead.run_id else None
+                if result is not None:
+                    state, value = result
+                    self.study.adopt(dead, state, value)
+                    log.warning("trial %d: its worker died after logging it; adopted", dead.number)
+                    adopted += 1
+                else:
+                    retried = self.study.fail_dead(dead, retries=self.params.search.retries)
+                    log.warning(
+                        "trial %d of a dead worker marked FAIL%s",
+                        dead.number,
+                        " (queued again)" if retried else "",
+                    )
+                    failed += 1
+            states = self.study.trial_states()
+            for run_id, number in self.tracker.running_trial_runs(self.parent_id):
+                state = states.get(number, "FAIL")
+                if state == "RUNNING":
+                    continue  # a live worker's trial
+                status = "FINISHED" if state in ("COMPLETE", "PRUNED") else "KILLED"
+                tags = {STATE_TAG: state}
+                if status == "KILLED":
+                    tags["error"] = "worker died mid-trial"
+                self.tracker.set_tags(run_id, tags)
+                self.tracker.end_run(run_id, status)
+                closed += 1
+        return Reconciled(adopted, failed, closed)
+
+    # -- 3. trials --------------------------------------------------------------------------
+
+    def run_trials(self, on_trial_end: Callable[[TrialSummary], None] | None = None) -> None:
+        """Run trials here until `n_trials` have finished in the whole study (or the timeout).
+
+        Stops starting trials once finished + running trials cover the budget; the workers
+        whose trials are still running top it up if one of them fails. Gives up after
+        2 x n_trials failures of its own (at least 5), so a broken setup does not loop.
+        """
+        sp = self.params.search
+        deadline = None if sp.timeout is None else time.monotonic() + sp.timeout
+        failures = 0
+        while deadline is None or time.monotonic() < deadline:
+            c = self.study.counts()
+            if search.budget_left(c.finished, c.running, sp.n_trials) <= 0:
+                if c.running and self.reconcile() != Reconciled():
+                    continue  # dead workers' trials were holding budget
+                return
+            trial = self.study.ask(sp.n_trials)
+            if trial is None:
+                return
+            started = time.monotonic()
+            state, value = self.run_trial(trial)
+            failures += state == "FAIL"
+            if on_trial_end is not None:
+                on_trial_end(
+                    TrialSummary(
+                        trial.number,
+                        state,
+                        value,
+                        self.study.best(),
+                        self.study.counts(),
+                        time.monotonic() - started,
+                    )
+                )
+            if failures >= max(2 * sp.n_trials, 5):
+                log.error("stopping: %d trials of this worker failed", failures)
+                return
+
+    def run_trial(self, trial: search.Trial) -> tuple[str, float | None]:
+        """Train one trial in its own MLflow run; returns (Optuna state, objective value).
+
+        A failure (exception, NaN/inf) is recorded as FAIL with the reason and the run ends
+        FAILED; Ctrl-C marks the trial FAIL, ends the run KILLED and propagates.
+        """
+        metric = self.params.search.metric
+        tags = {
+            "pipeline.study": self.name,
+            "pipeline.trial": str(trial.number),
+            STATE_TAG: "RUNNING",
+        }
+        told = False
+
+        def hook(epoch: int, logs: dict[str, float]) -> bool:
+            return metric in logs and trial.should_prune(epoch, logs[metric])
+
+        try:
+            origin = f"trial {trial.number}"
+            trial_params = config.with_values(self.params, trial.values, origin=origin)
+            with self.tracker.run(
+                f"trial-{trial.number:04d}", parent_id=self.parent_id, tags=tags
+            ) as run_id:
+                trial.remember(search.RUN_ATTR, run_id)
+                self.tracker.log_params(run_id, config.flatten(trial_params))
+                try:
+                    trained = self.trainer(trial_params, run_id, hook)
+                    if trained.pruned:
+                        state, value = "PRUNED", None
+                        extra = {"pruned_at_epoch": str(trained.epochs_run)}
+                    else:
+                        state, value = "COMPLETE", float(trained.metrics[metric])
+                        if not math.isfinite(value):  # Optuna would store inf as COMPLETE
+                            raise TrainingDiverged(f"non-finite {metric}: {value}")
+                        extra = {RESULT_TAG: repr(value)}
+                    # The result goes on the run first, then into the study, then the run closes:
+                    # a worker dying between any two of these leaves what reconcile() needs.
+                    self.tracker.set_tags(run_id, {STATE_TAG: state, **extra})
+                    if value is None:
+                        self.study.tell_pruned(trial)
+                    else:
+                        self.study.tell_complete(trial, value)
+                    told = True
+                    return state, value
+                except BaseException as exc:
+                    interrupted = isinstance(exc, KeyboardInterrupt)
+                    reason = INTERRUPTED if interrupted else f"{type(exc).__name__}: {exc}"
+                    self.tracker.set_tags(run_id, {STATE_TAG: "FAIL"})
+                    self.study.tell_failed(trial, reason)
+                    told = True
+                    raise
+        except Exception as exc:  # recorded above, or below if the run never started
+            if not told:
+                self.study.tell_failed(trial, f"{type(exc).__name__}: {exc}")
+            log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
+            return "FAIL", None
+        except BaseException:
+            if not told:
+                self.study.tell_failed(trial, INTERRUPTED)
+            raise
+
+    # -- 4. finish --------------------------------------------------------------------------
+
+    def finish(self) -> Outcome:
+        """Parent artifacts and the champion, once, by the last worker standing."""
+        best = self.study.best()
+        if self.study.others_running():
+            return Outcome(
+                best,
+                None,
+                False,
+                "other workers' trials are still running; the "
+                "last worker to finish logs the study and elects the champion",
+            )
+        with self.study.exclusive():
+            best = self.study.best()
+            self.log_parent_artifacts()
+            if best is None:
+                raise PipelineError(
+                    f"study {self.name!r}: no trial completed (see the failed trials' `error` "
+                    "tags in MLflow); nothing to evaluate or register."
+                )
+            record = ChampionRecord.from_attr(self.study.attr(CHAMPION_ATTR))
+            if record and record.trial == best.number and self.tracker.exists(record.run_id):
+                return Outcome(best, record, False)  # the test split is used once per champion
+            record = self._make_champion(best)
+            self.study.set_attr(CHAMPION_ATTR, record.__dict__)
+            return Outcome(best, record, True)
+
+    def _make_champion(self, best: search.Best) -> ChampionRecord:
+        """Train the best params on the train split, test once, log and register."""
+        params = self.params
+        champion = config.with_values(params, best.params, origin=f"best trial {best.number}")
+        name = params.tracking.model_name or stages.experiment_name(params)
+        tags = {
+            "pipeline.study": self.name,
+            "pipeline.kind": "champion",
+            "pipeline.best_trial": str(best.number),
+        }
+        with self.tracker.run("champion", parent_id=self.parent_id, tags=tags) as run_id:
+            self.tracker.log_params(run_id, config.flatten(champion))
+            result = stages.fit(champion, self.prep, seed=params.seed)
+            stages.log_training(self.tracker, run_id, result, self.prep)
+            made = stages.log_champion(
+                self.tracker,
+                run_id,
+                champion,
+                self.prep,
+                result,
+                register_as=name if params.tracking.register_model else None,
+            )
+        self.tracker.log_metrics(self.parent_id, made.test)
+        where = (
+            f"models:/{name}@champion (version {made.version})" if made.version else made.model_uri
+        )
+        return ChampionRecord(best.number, run_id, where, made.test)
+
+    def log_parent_artifacts(self) -> pd.DataFrame:
+        """Trials table, best params and study plots on the parent run; returns the table."""
+        import yaml
+
+        from pipeline import report
+
+        sp = self.params.search
+        frame = self.study.frame()
+        tracker, parent = self.tracker, self.parent_id
+        tracker.log_text(parent, frame.to_csv(index=False), "trials.csv")
+        best = self.study.best()
+        if best is None:
+            return frame
+        tracker.log_text(
+            parent,
+            yaml.safe_dump(
+                {"trial": best.number, sp.metric: best.value, "params": best.params},
+                sort_keys=False,
+            ),
+            "best_params.yaml",
+        )
+        c = self.study.counts()
+        tracker.log_metrics(
+            parent,
+            {
+                f"best_{sp.metric}": best.value,
+                "trials_complete": c.complete,
+                "trials_pruned": c.pruned,
+                "trials_failed": c.failed,
+            },
+        )
+        maximize = sp.direction == "maximize"
+        tracker.log_figure(
+            parent,
+            report.optimization_history(frame, sp.metric, maximize),
+            "optimization_history.png",
+        )
+        imp = self.study.importances()
+        if imp:
+            tracker.log_figure(parent, report.importance_figure(imp), "param_importances.png")
+        tracker.log_figure(
+            parent,
+            report.parallel_coordinates(frame, list(sp.space), sp.metric),
+            "parallel_coordinates.png",
+        )
+        done = frame[frame["state"] == "COMPLETE"].sort_values("value", ascending=not maximize)
+        col = f"user_attrs_{search.RUN_ATTR}"
+        curves = {
+            f"trial {int(row['number'])}": tracker.metric_history(row[col], sp.metric)
+            for _, row in done.head(sp.top_k).iterrows()
+            if col in row and isinstance(row[col], str)
+        }
+        tracker.log_figure(
+            parent, report.top_trial_curves(curves, sp.metric), "top_trials_curves.png"
+        )
+        return frame
