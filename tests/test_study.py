@@ -1,0 +1,181 @@
+"""The tracked study under crashes and simultaneous starts, with real processes, a real Optuna
+storage (journal file; PostgreSQL where marked) and a real MLflow store; the trainer is a stub
+(tests/study_worker.py) so these runs take seconds, not minutes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import require_postgres
+
+from pipeline import search
+
+WORKER = Path(__file__).with_name("study_worker.py")
+N_TRIALS = 3
+
+
+def worker(workdir: Path, storage: str, n_trials: int, *extra: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, str(WORKER), str(workdir), storage, str(n_trials), *extra]
+    return subprocess.Popen(
+        cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def store(workdir: Path) -> tuple[object, list]:
+    """(MLflow client, runs of the stub experiment)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("stub")
+    return client, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def trained(workdir: Path) -> list[dict]:
+    path = workdir / "trained.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def check_store_agrees_with_study(workdir: Path, storage: str) -> dict[int, str]:
+    """Every trial that has a run: the run's status and state tag match the Optuna state;
+    every trial run belongs to exactly one trial; nothing is left RUNNING."""
+    study = search.open_study("stub", search.make_storage(storage), _space(), seed=0, max_epochs=3)
+    _, runs = store(workdir)
+    assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
+    by_id = {r.info.run_id: r for r in runs}
+    trial_runs = [r for r in runs if "pipeline.trial" in r.data.tags]
+    trials = study._trials()
+    with_runs = {
+        t.user_attrs[search.RUN_ATTR]: t for t in trials if search.RUN_ATTR in t.user_attrs
+    }
+    assert set(with_runs) == {r.info.run_id for r in trial_runs}  # one run per trained trial
+    for run_id, t in with_runs.items():
+        run = by_id[run_id]
+        assert run.data.tags["pipeline.trial"] == str(t.number)
+        assert run.data.tags["optuna.state"] == t.state.name, (t.number, run.data.tags)
+        expected = {"COMPLETE": {"FINISHED"}, "PRUNED": {"FINISHED"}, "FAIL": {"FAILED", "KILLED"}}
+        assert run.info.status in expected[t.state.name], (t.number, run.info.status)
+    return {t.number: t.state.name for t in trials}
+
+
+def _space():
+    from study_worker import study_params
+
+    return study_params(Path("."), N_TRIALS).search
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "before_fit",  # run created, nothing trained: failed, retried
+        "during_fit",  # half trained: failed, retried (its params train again)
+        "result_logged",  # result on the run, not yet in Optuna: adopted, not retrained
+        "told",  # in Optuna, run still RUNNING: run closed FINISHED
+        "run_ended",  # all done: nothing to fix
+    ],
+)
+def test_a_worker_killed_at_any_step_of_a_trial_leaves_store_and_study_in_agreement(workdir, step):
+    storage = str(workdir / "journal.log")
+    proc = worker(workdir, storage, N_TRIALS, "--kill-at", step)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == -9, err[-3000:]  # it really died by SIGKILL
+    _, runs = store(workdir)
+    if step in ("before_fit", "during_fit", "result_logged", "told"):
+        assert any(r.info.status == "RUNNING" for r in runs)  # what the crash left behind
+
+    rerun = worker(workdir, storage, N_TRIALS)
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err[-3000:]
+    states = check_store_agrees_with_study(workdir, storage)
+    finished = [n for n, s in states.items() if s in ("COMPLETE", "PRUNED")]
+    assert len(finished) == N_TRIALS
+    runs_trained = [t["run"] for t in trained(workdir)]
+    assert len(runs_trained) == len(set(runs_trained))  # no run trained twice
+    # The only training beyond the budget: a trial killed mid-training is trained again.
+    assert len(runs_trained) == N_TRIALS + (1 if step == "during_fit" else 0)
+    if step in ("before_fit", "during_fit"):
+        assert list(states.values()).count("FAIL") == 1
+        study = search.open_study(
+            "stub", search.make_storage(storage), _space(), seed=0, max_epochs=3
+        )
+        retry = [t for t in study._trials() if "retry_of" in t.user_attrs]
+        assert len(retry) == 1 and retry[0].params == study._trials()[1].params
+    else:
+        assert "FAIL" not in states.values()  # finished work kept, never thrown away
+
+
+def _barrier_start(workdir: Path, k: int, storage: str, n_trials: int, *extra: str) -> list:
+    """Start k workers that each import everything, then wait for one `go` file."""
+    gate = workdir / "gate"
+    gate.mkdir()
+    procs = [
+        worker(workdir, storage, n_trials, "--barrier", str(gate), f"w{i}", *extra)
+        for i in range(k)
+    ]
+    import time
+
+    while len(list(gate.glob("*.ready"))) < k:
+        if any(p.poll() is not None for p in procs):
+            raise AssertionError([p.communicate()[1][-2000:] for p in procs])
+        time.sleep(0.05)
+    (gate / "go").touch()
+    return procs
+
+
+def _check_simultaneous(workdir: Path, storage: str, procs: list, k: int, n_trials: int) -> None:
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    states = check_store_agrees_with_study(workdir, storage)
+    finished = sum(s in ("COMPLETE", "PRUNED") for s in states.values())
+    assert n_trials <= finished <= n_trials + k - 1
+    _, runs = store(workdir)
+    assert len([r for r in runs if r.data.tags.get("pipeline.kind") == "study"]) == 1
+    parents = {
+        r.data.tags.get("mlflow.parentRunId") for r in runs if "pipeline.trial" in r.data.tags
+    }
+    assert len(parents) == 1
+    dropouts = [t["dropout"] for t in trained(workdir)]
+    assert len(dropouts) == len(set(dropouts))  # distinct proposals: no shared sampler stream
+
+
+def test_simultaneous_workers_on_a_fresh_journal_and_sqlite_store_share_one_study(workdir):
+    k, n = 4, 8
+    storage = str(workdir / "journal.log")
+    procs = _barrier_start(workdir, k, storage, n)
+    _check_simultaneous(workdir, storage, procs, k, n)
+
+
+@pytest.mark.postgres
+def test_simultaneous_workers_on_a_fresh_postgresql_database_share_one_study(workdir):
+    """Needs PostgreSQL on 127.0.0.1:5432 (or PIPELINE_TEST_PG_URL): see require_postgres.
+    A fresh database each time: the schema-creation race only exists on an empty one."""
+    url = fresh_database(require_postgres())
+    try:
+        k, n = 4, 8
+        procs = _barrier_start(workdir, k, url, n)
+        _check_simultaneous(workdir, url, procs, k, n)
+    finally:
+        drop_database(url)
+
+
+def fresh_database(server_url: str) -> str:
+    import psycopg
+
+    name = f"pipeline_test_{os.getpid()}_{os.urandom(3).hex()}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return server_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_database(url: str) -> None:
+    import psycopg
+
+    server_url, name = url.rsplit("/", 1)
+    with psycopg.connect(server_url + "/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
