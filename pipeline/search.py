@@ -158,6 +158,13 @@ def make_storage(url: str | None) -> Storage:
     their schema is created under the storage lock: Optuna creates it without one, and several
     processes opening a fresh PostgreSQL database at once otherwise crash on a unique violation.
     """
+    if url is not None and url.startswith("grpc://"):
+        from optuna.storages import GrpcStorageProxy
+
+        host, _, port = url.removeprefix("grpc://").rpartition(":")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return Storage(url, GrpcStorageProxy(host=host, port=int(port)))
     if url is None or not _is_url(url):
         path = url or default_storage()
         from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -501,9 +508,15 @@ def open_study(
         if study_id is not None and new:
             backend.delete_study(study_id)
             study_id = None
+        created = False
         if study_id is None:
             direction = optuna.study.StudyDirection[params.direction.upper()]
-            study_id = backend.create_new_study([direction], name)
+            try:
+                study_id = backend.create_new_study([direction], name)
+                created = True
+            except optuna.exceptions.DuplicatedStudyError:  # a storage without our lock (gRPC)
+                study_id = backend.get_study_id_from_name(name)
+        if created:
             backend.set_study_user_attr(study_id, "space", fingerprint)
             backend.set_study_user_attr(study_id, "metric", params.metric)
         else:

@@ -170,6 +170,24 @@ class TrackedStudy:
         study = search.open_study(
             name, storage, params.search, seed=params.seed, max_epochs=params.train.epochs, new=new
         )
+        parent_id = study.attr(PARENT_ATTR)
+        if not tracker.exists(parent_id):
+            parent_id = cls._elect_parent(params, prep, tracker, study, name, storage_display)
+        return cls(
+            params, prep, tracker, study, parent_id, storage=storage_display, trainer=trainer
+        )
+
+    @staticmethod
+    def _elect_parent(
+        params: config.Params,
+        prep: Prepared,
+        tracker: Tracker,
+        study: search.SearchStudy,
+        name: str,
+        storage_display: str,
+    ) -> str:
+        """Create the study's parent run unless another process just did (checked again
+        under the study lock, so exactly one process creates it)."""
         with study.exclusive():
             parent_id = study.attr(PARENT_ATTR)
             if not tracker.exists(parent_id):
@@ -194,15 +212,15 @@ class TrackedStudy:
                 )
                 stages.log_dataset(tracker, parent_id, params, prep)
                 study.set_attr(PARENT_ATTR, parent_id)
-        return cls(
-            params, prep, tracker, study, parent_id, storage=storage_display, trainer=trainer
-        )
+        return parent_id
 
     # -- 2. reconcile -----------------------------------------------------------------------
 
     def reconcile(self) -> Reconciled:
         """Settle dead workers' trials and close runs left RUNNING (under the study lock)."""
         adopted = failed = closed = 0
+        if not self.study.dead_trials() and not self._orphan_runs():
+            return Reconciled()  # the common case: nothing to settle, no lock taken
         with self.study.exclusive():
             for dead in self.study.dead_trials():
                 result = self.tracker.trial_result(dead.run_id) if dead.run_id else None
@@ -219,11 +237,7 @@ class TrackedStudy:
                         " (queued again)" if retried else "",
                     )
                     failed += 1
-            states = self.study.trial_states()
-            for run_id, number in self.tracker.running_trial_runs(self.parent_id):
-                state = states.get(number, "FAIL")
-                if state == "RUNNING":
-                    continue  # a live worker's trial
+            for run_id, state in self._orphan_runs():
                 status = "FINISHED" if state in ("COMPLETE", "PRUNED") else "KILLED"
                 tags = {STATE_TAG: state}
                 if status == "KILLED":
@@ -232,6 +246,16 @@ class TrackedStudy:
                 self.tracker.end_run(run_id, status)
                 closed += 1
         return Reconciled(adopted, failed, closed)
+
+    def _orphan_runs(self) -> list[tuple[str, str]]:
+        """(run id, its trial's state) of trial runs left RUNNING although their trial is not
+        (or never got recorded: the worker died right after creating the run)."""
+        states = self.study.trial_states()
+        return [
+            (run_id, states.get(number, "FAIL"))
+            for run_id, number in self.tracker.running_trial_runs(self.parent_id)
+            if states.get(number, "FAIL") != "RUNNING"
+        ]
 
     # -- 3. trials --------------------------------------------------------------------------
 
@@ -245,10 +269,11 @@ class TrackedStudy:
         sp = self.params.search
         deadline = None if sp.timeout is None else time.monotonic() + sp.timeout
         failures = 0
+        c = self.study.counts()
         while deadline is None or time.monotonic() < deadline:
-            c = self.study.counts()
             if search.budget_left(c.finished, c.running, sp.n_trials) <= 0:
                 if c.running and self.reconcile() != Reconciled():
+                    c = self.study.counts()
                     continue  # dead workers' trials were holding budget
                 return
             trial = self.study.ask(sp.n_trials)
@@ -257,17 +282,11 @@ class TrackedStudy:
             started = time.monotonic()
             state, value = self.run_trial(trial)
             failures += state == "FAIL"
+            c = self.study.counts()  # one read per trial: progress and the next budget check
             if on_trial_end is not None:
-                on_trial_end(
-                    TrialSummary(
-                        trial.number,
-                        state,
-                        value,
-                        self.study.best(),
-                        self.study.counts(),
-                        time.monotonic() - started,
-                    )
-                )
+                seconds = time.monotonic() - started
+                summary = TrialSummary(trial.number, state, value, self.study.best(), c, seconds)
+                on_trial_end(summary)
             if failures >= max(2 * sp.n_trials, 5):
                 log.error("stopping: %d trials of this worker failed", failures)
                 return
