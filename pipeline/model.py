@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,10 +40,37 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class TrainInput:
+    """The training split as model input, built once per study and reused by every trial.
+
+    On the TensorFlow backend, `fit` on numpy arrays rebuilds its tf.data pipeline every epoch
+    (tens of milliseconds each, more than a small MLP's arithmetic); a dataset cached in memory
+    once and re-batched per trial costs one iterator per epoch instead. Other backends take the
+    arrays as they are.
+    """
+
+    def __init__(self, X: np.ndarray, y: np.ndarray) -> None:
+        self.X = np.ascontiguousarray(X, dtype=np.float32)
+        self.y = np.ascontiguousarray(y)
+        self._cached: Any = None
+
+    def batches(self, batch_size: int, seed: int, *, shuffle: bool = True) -> Any:
+        """A shuffled (seeded, reshuffled each epoch), batched, prefetched tf.data dataset."""
+        import tensorflow as tf
+
+        if self._cached is None:
+            self._cached = tf.data.Dataset.from_tensor_slices((self.X, self.y)).cache()
+        ds = self._cached
+        if shuffle:
+            ds = ds.shuffle(len(self.X), seed=seed, reshuffle_each_iteration=True)
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
 def configure_threads(n: int) -> None:
     """Limit TensorFlow to `n` threads; must run before TensorFlow starts any work."""
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(n))
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    _quiet_tensorflow()
     import tensorflow as tf
 
     try:
@@ -53,8 +81,30 @@ def configure_threads(n: int) -> None:
 
 
 def _quiet_tensorflow() -> None:
+    """Import TensorFlow and Keras with the C++ start-up lines (CUDA stub, oneDNN) silenced.
+
+    Those lines are written by absl straight to file descriptor 2 before logging is set up, so
+    no environment variable or Python logger reaches them; stderr is pointed at /dev/null for
+    the import only. A failing import still raises with its Python traceback.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if "keras" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            import keras  # noqa: F401 - imports TensorFlow too
+
+            if keras.backend.backend() == "tensorflow":  # the CUDA probe logs on first use
+                import tensorflow as tf
+
+                tf.config.list_physical_devices("GPU")
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def warm_up() -> None:
@@ -200,11 +250,15 @@ def train(
     n_classes: int,
     seed: int,
     on_epoch: EpochHook | None = None,
+    inputs: TrainInput | None = None,
+    shuffle: bool = True,
 ) -> TrainResult:
     """Build and fit the MLP on the (normalized) train split, validating on the val split.
 
-    Seeded and deterministic: the same params and seed give the same weights and metrics.
-    Raises TrainingDiverged when the loss or a metric turns NaN or infinite.
+    `inputs` is the train split prepared once as model input (see TrainInput); without it,
+    the arrays are fed as they are. Seeded and deterministic: the same params and seed give
+    the same weights and metrics. Raises TrainingDiverged when the loss or a metric turns NaN
+    or infinite.
     """
     _quiet_tensorflow()
     import keras
@@ -236,15 +290,15 @@ def train(
             monitor=es.monitor, patience=es.patience, restore_best_weights=es.restore_best_weights
         )
         callbacks.append(early)
-    fit = model.fit(
-        splits.X_train,
-        splits.y_train,
-        epochs=train_params.epochs,
-        batch_size=train_params.batch_size,
-        shuffle=True,
-        verbose=0,
-        callbacks=callbacks,
-    )
+    if inputs is not None and keras.backend.backend() == "tensorflow":
+        data = {
+            "x": inputs.batches(train_params.batch_size, seed, shuffle=shuffle),
+            "shuffle": False,
+        }
+    else:
+        data = {"x": splits.X_train, "y": splits.y_train, "batch_size": train_params.batch_size}
+        data["shuffle"] = shuffle
+    fit = model.fit(**data, epochs=train_params.epochs, verbose=0, callbacks=callbacks)
     history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
     epochs_run = len(history.get("loss", []))
     history["lr"] = recorder.lr[:epochs_run]
@@ -259,9 +313,20 @@ def train(
     return TrainResult(model, history, epochs_run, seconds, stopped_by)
 
 
-def predict_scores(model: Any, X: np.ndarray) -> np.ndarray:
-    """Raw model outputs: class probabilities (n, k), a binary probability (n, 1) or values."""
-    return np.asarray(model.predict(np.asarray(X, dtype=np.float32), verbose=0, batch_size=1024))
+def predict_scores(model: Any, X: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """Raw model outputs: class probabilities (n, k), a binary probability (n, 1) or values.
+
+    Direct calls in large batches, not `model.predict`: predict builds a tf.data pipeline per
+    call, which costs more than a small MLP's forward pass and logs TensorFlow noise.
+    """
+    import keras
+
+    X = np.asarray(X, dtype=np.float32)
+    parts = [
+        keras.ops.convert_to_numpy(model(X[i : i + batch_size], training=False))
+        for i in range(0, max(len(X), 1), batch_size)
+    ]
+    return np.concatenate(parts) if len(X) else np.asarray(parts[0])
 
 
 def to_labels(scores: np.ndarray, task: str) -> np.ndarray:

@@ -80,6 +80,7 @@ class Best:
     number: int
     value: float
     params: dict[str, Any]
+    run_id: str | None = None  # the trial's MLflow run, where its model is
 
 
 @dataclass(frozen=True)
@@ -341,7 +342,8 @@ class SearchStudy:
             t = self._study.best_trial
         except ValueError:
             return None
-        return Best(t.number, float(t.value), dict(t.params))
+        run_id = t.user_attrs.get(RUN_ATTR)
+        return Best(t.number, float(t.value), dict(t.params), str(run_id) if run_id else None)
 
     def trial_states(self) -> dict[int, str]:
         """Trial number -> Optuna state name, for reconciling runs with trials."""
@@ -481,6 +483,43 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _study_id(backend: optuna.storages.BaseStorage, name: str) -> int | None:
+    try:
+        return backend.get_study_id_from_name(name)
+    except KeyError:
+        return None
+
+
+def _create(backend: optuna.storages.BaseStorage, name: str, params: SearchParams) -> int:
+    direction = optuna.study.StudyDirection[params.direction.upper()]
+    try:
+        study_id = backend.create_new_study([direction], name)
+    except optuna.exceptions.DuplicatedStudyError:  # a storage without our lock (gRPC)
+        return backend.get_study_id_from_name(name)
+    backend.set_study_user_attr(study_id, "space", space_fingerprint(params.space))
+    backend.set_study_user_attr(study_id, "metric", params.metric)
+    return study_id
+
+
+def _check_resumable(
+    backend: optuna.storages.BaseStorage, study_id: int, name: str, params: SearchParams
+) -> None:
+    """Refuse a study whose search space or direction differs from the params now."""
+    old = backend.get_study_user_attrs(study_id).get("space")
+    if old is not None and old != space_fingerprint(params.space):
+        raise SearchError(
+            f"study {name!r}: its search space differs from search.space in the params now, "
+            "so resuming would mix incompatible trials. Run again with --new to start over, "
+            "or --study NAME for a separate study."
+        )
+    direction = backend.get_study_directions(study_id)[0].name.lower()
+    if direction != params.direction:
+        raise SearchError(
+            f"study {name!r} was created to {direction}; search.direction is "
+            f"{params.direction}. Use --new or another --study name."
+        )
+
+
 def open_study(
     name: str,
     storage: Storage,
@@ -498,42 +537,19 @@ def open_study(
     history, and processes started together never share a stream.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is the caller's job
-    fingerprint = space_fingerprint(params.space)
     backend = storage.backend
+    study_id = None if new else _study_id(backend, name)
+    if study_id is None:  # create it (or find it created meanwhile) under the lock
+        with storage.lock(f"study:{name}"):
+            study_id = _study_id(backend, name)
+            if study_id is not None and new:
+                backend.delete_study(study_id)
+                study_id = None
+            if study_id is None:
+                study_id = _create(backend, name, params)
+    _check_resumable(backend, study_id, name, params)
+    history = backend.get_n_trials(study_id)  # outside the lock: it reads every trial
     with storage.lock(f"study:{name}"):
-        try:
-            study_id = backend.get_study_id_from_name(name)
-        except KeyError:
-            study_id = None
-        if study_id is not None and new:
-            backend.delete_study(study_id)
-            study_id = None
-        created = False
-        if study_id is None:
-            direction = optuna.study.StudyDirection[params.direction.upper()]
-            try:
-                study_id = backend.create_new_study([direction], name)
-                created = True
-            except optuna.exceptions.DuplicatedStudyError:  # a storage without our lock (gRPC)
-                study_id = backend.get_study_id_from_name(name)
-        if created:
-            backend.set_study_user_attr(study_id, "space", fingerprint)
-            backend.set_study_user_attr(study_id, "metric", params.metric)
-        else:
-            old = backend.get_study_user_attrs(study_id).get("space")
-            if old is not None and old != fingerprint:
-                raise SearchError(
-                    f"study {name!r}: its search space differs from search.space in the params "
-                    "now, so resuming would mix incompatible trials. Run again with --new to "
-                    "start over, or --study NAME for a separate study."
-                )
-            direction = backend.get_study_directions(study_id)[0].name.lower()
-            if direction != params.direction:
-                raise SearchError(
-                    f"study {name!r} was created to {direction}; search.direction is "
-                    f"{params.direction}. Use --new or another --study name."
-                )
-        history = backend.get_n_trials(study_id)
         key = f"pipeline:openers:{history}"
         slot = int(backend.get_study_system_attrs(study_id).get(key, 0))
         backend.set_study_system_attr(study_id, key, slot + 1)

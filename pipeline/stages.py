@@ -8,7 +8,7 @@ command, a tracked study and the benches all train and log a model in exactly th
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from pipeline.data import Dataset, Scaler, Splits
-    from pipeline.model import EpochHook, TrainResult
+    from pipeline.model import EpochHook, TrainInput, TrainResult
     from pipeline.tracking import Tracker
 
 # What `search.metric` may name, per task (every one of them is computed after each epoch).
@@ -45,6 +45,16 @@ class Prepared:
     raw: Splits  # unscaled splits (for input examples and prediction checks)
     scaled: Splits
     scaler: Scaler
+    _inputs: list[TrainInput] = field(default_factory=list, compare=False, repr=False)
+
+    def train_input(self) -> TrainInput:
+        """The scaled train split as model input, built on first use (Keras is imported by
+        then) and kept for every later trial of the study."""
+        if not self._inputs:
+            from pipeline.model import TrainInput
+
+            self._inputs.append(TrainInput(self.scaled.X_train, self.scaled.y_train))
+        return self._inputs[0]
 
 
 @dataclass(frozen=True)
@@ -118,6 +128,7 @@ def fit(
         n_classes=ds.n_classes,
         seed=seed,
         on_epoch=on_epoch,
+        inputs=prep.train_input(),
     )
 
 
@@ -147,13 +158,41 @@ def log_dataset(tracker: Tracker, run_id: str, params: config.Params, prep: Prep
 def log_training(
     tracker: Tracker, run_id: str, result: TrainResult, prep: Prepared
 ) -> dict[str, float]:
-    """Per-epoch curves, epochs run, seconds and final validation metrics of one training."""
+    """Per-epoch curves, epochs run, seconds and final validation metrics of one training.
+
+    The final validation metrics (of the model as it ends, e.g. with the best epoch's weights
+    restored) are logged at step = epochs run, after the last epoch, so they are each metric's
+    latest value: what the MLflow UI shows and sorts by equals the trial's objective.
+    """
     tracker.log_history(run_id, result.history)
     final = score(result, prep, "val")
-    tracker.log_metrics(
-        run_id, {**final, "epochs_run": result.epochs_run, "train_seconds": result.seconds}
-    )
+    tracker.log_metrics(run_id, final, step=result.epochs_run)
+    tracker.log_metrics(run_id, {"epochs_run": result.epochs_run, "train_seconds": result.seconds})
     return final
+
+
+HISTORY_KEYS = {
+    "classification": ("loss", "accuracy", "val_loss", "val_accuracy", "lr"),
+    "regression": ("loss", "rmse", "mae", "val_loss", "val_rmse", "val_mae", "lr"),
+}
+
+
+def load_trained(tracker: Tracker, run_id: str, prep: Prepared) -> TrainResult:
+    """A trial's trained model as its run logged it (weights and per-epoch curves), so the best
+    trial's own model can become the champion without training it again."""
+    from pipeline import model
+
+    run_metrics = tracker.run_metrics(run_id)
+    epochs = int(run_metrics.get("epochs_run", 0))
+    history = {
+        key: tracker.metric_history(run_id, key)[:epochs]
+        for key in HISTORY_KEYS[prep.dataset.task]
+        if key in run_metrics
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        net = model.load(tracker.download_artifact(run_id, "model.keras", tmp))
+    seconds = float(run_metrics.get("train_seconds", 0.0))
+    return model.TrainResult(net, history, epochs, seconds, "completed")
 
 
 def log_weights(tracker: Tracker, run_id: str, result: TrainResult) -> None:

@@ -12,7 +12,7 @@ Read top to bottom, this module is the search engine:
    with the store: the run is created before `fit`; after training the result is written on the
    run, then told to Optuna, then the run is closed.
 4. `finish` is done once, by the last worker standing, under the study lock: the parent's
-   artifacts, then the champion (the best trial's params trained, tested once, registered).
+   artifacts, then the champion (the best trial's own model, tested once, registered).
    A champion already made for the same best trial is reported, never made twice.
 
 It uses search.py (Optuna) and tracking.py (MLflow) and never the frameworks themselves.
@@ -381,19 +381,27 @@ class TrackedStudy:
             return Outcome(best, record, True)
 
     def _make_champion(self, best: search.Best) -> ChampionRecord:
-        """Train the best params on the train split, test once, log and register."""
+        """The best trial's own model (its logged weights and curves; no retraining), tested
+        once, logged as a servable model with the scaler and label decoding, registered."""
         params = self.params
+        if best.run_id is None:
+            raise PipelineError(f"study {self.name!r}: best trial {best.number} has no run.")
         champion = config.with_values(params, best.params, origin=f"best trial {best.number}")
         name = params.tracking.model_name or stages.experiment_name(params)
         tags = {
             "pipeline.study": self.name,
             "pipeline.kind": "champion",
             "pipeline.best_trial": str(best.number),
+            "pipeline.trial_run": best.run_id,
         }
         with self.tracker.run("champion", parent_id=self.parent_id, tags=tags) as run_id:
             self.tracker.log_params(run_id, config.flatten(champion))
-            result = stages.fit(champion, self.prep, seed=params.seed)
-            stages.log_training(self.tracker, run_id, result, self.prep)
+            result = stages.load_trained(self.tracker, best.run_id, self.prep)
+            self.tracker.log_history(run_id, result.history)
+            val = stages.score(result, self.prep, "val")
+            self.tracker.log_metrics(
+                run_id, {**val, "epochs_run": result.epochs_run, "train_seconds": result.seconds}
+            )
             made = stages.log_champion(
                 self.tracker,
                 run_id,

@@ -232,6 +232,13 @@ class Tracker:
             for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.step)
         ]
 
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        """Each metric's latest value."""
+        return dict(self.client.get_run(run_id).data.metrics)
+
+    def download_artifact(self, run_id: str, path: str, dst: str | Path) -> Path:
+        return Path(self.client.download_artifacts(run_id, path, str(dst)))
+
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 

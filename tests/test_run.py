@@ -168,6 +168,10 @@ FAST = [
 ]
 
 
+def params_for_space():
+    return config.load(REPO / "params" / "default.yaml", FAST[1::2])
+
+
 @pytest.mark.slow
 def test_search_resumes_to_the_total_registers_a_champion_and_predict_reproduces_it(
     workdir, store_uri, capsys
@@ -175,7 +179,9 @@ def test_search_resumes_to_the_total_registers_a_champion_and_predict_reproduces
     import mlflow
     import pandas as pd
 
+    # Early stopping with restored weights: a trial's objective is then not its last epoch's.
     base = ["search", "--tracking-uri", store_uri, *FAST]
+    base += ["--set", "train.early_stopping.patience=1", "--set", "train.epochs=8"]
     assert run.main([*base, "--trials", "4"]) == 0
     assert run.main([*base, "--trials", "6"]) == 0
     out = capsys.readouterr().out
@@ -203,9 +209,32 @@ def test_search_resumes_to_the_total_registers_a_champion_and_predict_reproduces
     } <= artifacts
     assert {a.path for a in client.list_artifacts(trials[0].info.run_id)} == {"model.keras"}
 
+    # One ranking everywhere: each complete trial's latest val_accuracy in MLflow (what the UI
+    # shows and sorts by) is exactly the objective Optuna recorded for it.
+    from pipeline import search
+
+    study = search.open_study(
+        "default",
+        search.make_storage(str(workdir / "mlruns" / "optuna-journal.log")),
+        params_for_space().search,
+        seed=0,
+        max_epochs=3,
+    )
+    objectives = study.values()
+    in_mlflow = {
+        int(r.data.tags["pipeline.trial"]): r.data.metrics["val_accuracy"]
+        for r in trials
+        if r.data.tags["optuna.state"] == "COMPLETE"
+    }
+    assert in_mlflow == objectives and len(objectives) >= 2
+
     version = client.get_model_version_by_alias("default", "champion")
     champion = client.get_run(version.run_id)
     assert champion.data.tags["mlflow.parentRunId"] == parent
+    # The champion is the best trial's own model: same validation score, no retraining.
+    best = max(objectives.items(), key=lambda kv: kv[1])
+    assert champion.data.tags["pipeline.best_trial"] == str(best[0])
+    assert champion.data.metrics["val_accuracy"] == pytest.approx(best[1])
 
     # The registered champion scores raw test rows to its logged test accuracy.
     params = config.load(REPO / "params" / "default.yaml", FAST[1::2])

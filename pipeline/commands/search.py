@@ -160,7 +160,7 @@ def _print_outcome(outcome: Outcome, params: config.Params, ui_url: str) -> None
         return
     best, champ = outcome.best, outcome.champion
     how = (
-        "retrained on the train split with its params and evaluated once on the test split:"
+        "its own model (no retraining), evaluated once on the test split:"
         if outcome.made_here
         else "already evaluated for this best trial (the test split is not used again):"
     )
