@@ -162,3 +162,33 @@ def test_save_and_load_in_safe_mode(tmp_path):
         model.predict_scores(net, splits.X_test),
         rtol=1e-6,
     )
+
+
+def test_the_prepared_tf_data_input_trains_exactly_like_the_arrays():
+    """Same batches in the same order (no shuffle) -> the same weights and curves; shuffled,
+    it is still deterministic for a seed."""
+    splits = blobs()
+    inputs = model.TrainInput(splits.X_train, splits.y_train)
+    arrays = fit(splits, shuffle=False)
+    prepared = fit(splits, shuffle=False, inputs=inputs)
+    assert prepared.history == arrays.history
+    for a, b in zip(arrays.model.get_weights(), prepared.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    once, twice = fit(splits, inputs=inputs), fit(splits, inputs=inputs)
+    assert once.history == twice.history
+
+
+def test_tensorflow_start_up_lines_do_not_reach_the_console():
+    import subprocess
+    import sys
+
+    code = (
+        "from pipeline import model\n"
+        "model.configure_threads(1)\n"
+        "model.warm_up()\n"
+        "import tensorflow as tf\n"
+        "print(float(tf.reduce_sum(tf.ones(3))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "3.0"
+    assert out.stderr == "", out.stderr[:2000]
