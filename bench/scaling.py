@@ -104,15 +104,18 @@ def worker(a: argparse.Namespace) -> None:
         time.sleep(0.001)
     started = time.perf_counter()
     tracker = Tracker(a.tracking_uri, "scale") if a.tracking_uri else NullTracker()
+    storage = search.make_storage(a.storage)
+    phases = {"storage": time.perf_counter() - started}
     study = TrackedStudy.open(
         params,
         prep,
         tracker,  # type: ignore[arg-type]
         name="scale",
-        storage=search.make_storage(a.storage),
+        storage=storage,
         storage_display="bench",
         trainer=stub,
     )
+    phases["study"] = time.perf_counter() - started
     study.reconcile()
     opened = time.perf_counter() - started
     last = [time.perf_counter()]
@@ -123,7 +126,7 @@ def worker(a: argparse.Namespace) -> None:
         last[0] = now
 
     study.run_trials(tick)
-    Path(a.out).write_text(json.dumps({"open": opened, "trials": times}))
+    Path(a.out).write_text(json.dumps({"open": opened, "phases": phases, "trials": times}))
 
 
 # -- the driver ---------------------------------------------------------------------------------
@@ -247,6 +250,8 @@ def case(kind: str, procs: int, trials: int, tracking: str, sampler: str) -> dic
         "trials_per_s": len(secs) / wall,
         "coord_s_per_trial": sum(secs) / len(secs),
         "open_s_max": max(r["open"] for r in results),
+        "storage_s_max": max(r["phases"]["storage"] for r in results),
+        "study_s_max": max(r["phases"]["study"] for r in results),
         "growth": late / early,
     }
 

@@ -178,7 +178,14 @@ def make_storage(url: str | None) -> Storage:
 
     probe = Storage(url, optuna.storages.InMemoryStorage())
     try:
-        with probe.lock("optuna-schema"):
+        # The lock only while the schema may still be missing (checked again once it is held):
+        # once the schema is there, opening is read-only and many workers open at once.
+        backend = None
+        if not _schema_ready(url):
+            with probe.lock("optuna-schema"):
+                if not _schema_ready(url):
+                    backend = RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        if backend is None:
             backend = RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except Exception as exc:  # noqa: BLE001 - driver and connection errors vary
         raise SearchError(
@@ -187,6 +194,20 @@ def make_storage(url: str | None) -> Storage:
             "exists and the server is reachable."
         ) from None
     return Storage(url, backend)
+
+
+def _schema_ready(url: str) -> bool:
+    """True if Optuna's schema is complete in this database (its version row is written last)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return bool(conn.execute(sqlalchemy.text("SELECT count(*) FROM version_info")).scalar())
+    except sqlalchemy.exc.SQLAlchemyError:
+        return False  # no such table yet (or no server: RDBStorage reports that below)
+    finally:
+        engine.dispose()
 
 
 def memory_storage() -> Storage:

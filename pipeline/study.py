@@ -250,10 +250,11 @@ class TrackedStudy:
     def _orphan_runs(self) -> list[tuple[str, str]]:
         """(run id, its trial's state) of trial runs left RUNNING although their trial is not
         (or never got recorded: the worker died right after creating the run)."""
-        states = self.study.trial_states()
+        running = self.tracker.running_trial_runs(self.parent_id)
+        states = self.study.trial_states() if running else {}
         return [
             (run_id, states.get(number, "FAIL"))
-            for run_id, number in self.tracker.running_trial_runs(self.parent_id)
+            for run_id, number in running
             if states.get(number, "FAIL") != "RUNNING"
         ]
 
