@@ -28,6 +28,9 @@ def predict_argv(model_uri: str, store_uri: str) -> list[str]:
 
 def test_bare_command_means_search_and_flags_parse():
     assert run.parse_args([]).command == "search"
+    import os
+
+    assert run.parse_args(["--workers", "auto"]).workers == len(os.sched_getaffinity(0))
     args = run.parse_args(["--trials", "3", "--set", "model.dropout=0.1"])
     assert args.command == "search" and args.trials == 3 and args.overrides == ["model.dropout=0.1"]
 

@@ -32,9 +32,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, help="stop starting trials after SECONDS")
     p.add_argument("--study", help="study name (default: the experiment name)")
     p.add_argument("--storage", help="Optuna storage URL (default: journal file in mlruns/)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="worker processes on this machine, or `auto` for one per CPU core (default 1)",
+    )
     p.add_argument("--new", action="store_true", help="discard a study of the same name")
     p.add_argument("--spawned", action="store_true", help=argparse.SUPPRESS)  # a --workers child
+
+
+def _workers(text: str) -> int:
+    """`auto` is one single-threaded worker per core this process may use."""
+    if text == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number or `auto`") from None
 
 
 def main(args: argparse.Namespace) -> int:
