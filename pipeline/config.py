@@ -108,6 +108,7 @@ class SearchParams(_Section):
     pruner: Literal["median", "hyperband", "none"] = "median"
     n_startup_trials: int = Field(5, ge=0)
     retries: int = Field(1, ge=0)
+    recycle_after: int = Field(50, ge=0)  # trials per worker process before a fresh one (0: never)
     top_k: int = Field(5, ge=1)
     space: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

@@ -260,8 +260,19 @@ class TrackedStudy:
 
     # -- 3. trials --------------------------------------------------------------------------
 
-    def run_trials(self, on_trial_end: Callable[[TrialSummary], None] | None = None) -> None:
-        """Run trials here until `n_trials` have finished in the whole study (or the timeout).
+    def budget_left(self) -> int:
+        """Trials still to start in the whole study (finished and running ones count)."""
+        c = self.study.counts()
+        return search.budget_left(c.finished, c.running, self.params.search.n_trials)
+
+    def run_trials(
+        self,
+        on_trial_end: Callable[[TrialSummary], None] | None = None,
+        *,
+        max_trials: int | None = None,
+    ) -> int:
+        """Run trials here until `n_trials` have finished in the whole study (or the timeout,
+        or `max_trials` of this call); returns how many this call ran.
 
         Stops starting trials once finished + running trials cover the budget; the workers
         whose trials are still running top it up if one of them fails. Gives up after
@@ -269,19 +280,20 @@ class TrackedStudy:
         """
         sp = self.params.search
         deadline = None if sp.timeout is None else time.monotonic() + sp.timeout
-        failures = 0
+        failures = ran = 0
         c = self.study.counts()
-        while deadline is None or time.monotonic() < deadline:
+        while (deadline is None or time.monotonic() < deadline) and ran != max_trials:
             if search.budget_left(c.finished, c.running, sp.n_trials) <= 0:
                 if c.running and self.reconcile() != Reconciled():
                     c = self.study.counts()
                     continue  # dead workers' trials were holding budget
-                return
+                return ran
             trial = self.study.ask(sp.n_trials)
             if trial is None:
-                return
+                return ran
             started = time.monotonic()
             state, value = self.run_trial(trial)
+            ran += 1
             failures += state == "FAIL"
             c = self.study.counts()  # one read per trial: progress and the next budget check
             if on_trial_end is not None:
@@ -290,7 +302,8 @@ class TrackedStudy:
                 on_trial_end(summary)
             if failures >= max(2 * sp.n_trials, 5):
                 log.error("stopping: %d trials of this worker failed", failures)
-                return
+                return ran
+        return ran
 
     def run_trial(self, trial: search.Trial) -> tuple[str, float | None]:
         """Train one trial in its own MLflow run; returns (Optuna state, objective value).

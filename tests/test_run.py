@@ -558,3 +558,34 @@ def test_search_metric_must_suit_the_task(workdir, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "search.metric 'val_rmse'" in err and "val_accuracy" in err
     assert not (workdir / "mlruns").exists()
+
+
+@pytest.mark.slow
+def test_worker_processes_are_recycled_after_recycle_after_trials(workdir, store_uri, capsys):
+    """No process trains more than `search.recycle_after` trials (Keras memory grows per
+    trial); fresh processes take over until the budget is met, still one study."""
+    import collections
+
+    import mlflow
+
+    from pipeline import search
+
+    argv = ["search", "--tracking-uri", store_uri, *FAST, "--trials", "5"]
+    argv += ["--set", "search.recycle_after=2", "--set", "search.pruner=none"]
+    assert run.main(argv) == 0
+    study = search.open_study(
+        "default",
+        search.make_storage(str(workdir / "mlruns" / "optuna-journal.log")),
+        params_for_space().search,
+        seed=0,
+        max_epochs=3,
+    )
+    per_process = collections.Counter(
+        t.user_attrs[search.WORKER_ATTR] for t in study._trials() if t.state.name == "COMPLETE"
+    )
+    assert sum(per_process.values()) == 5
+    assert max(per_process.values()) <= 2 and len(per_process) >= 3
+    runs = mlflow.MlflowClient(store_uri).search_runs(["1"])
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert len([r for r in runs if r.data.tags.get("pipeline.kind") == "champion"]) == 1
+    assert "champion = best trial" in capsys.readouterr().out

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pipeline")
 
+RECYCLED = 75  # a spawned worker's exit code: it ran its `recycle_after` trials, replace it
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="Optuna study over search.space, then the champion model")
@@ -40,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--new", action="store_true", help="discard a study of the same name")
     p.add_argument("--spawned", action="store_true", help=argparse.SUPPRESS)  # a --workers child
+    p.add_argument("--max-trials", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def _workers(text: str) -> int:
@@ -93,12 +96,11 @@ def main(args: argparse.Namespace) -> int:
     workers: list[subprocess.Popen[bytes]] = []
     with tracker.run(f"study-{name}", resume_id=tracked.parent_id):
         try:
-            if args.workers > 1 and before.finished < n_trials:
-                workers = _spawn_workers(args.argv, args.workers - 1)
-            tracked.run_trials(progress)
-            for w in workers:
-                w.wait()
-            tracked.run_trials(progress)  # tops up if a worker's last trials failed or it died
+            if args.spawned:
+                ran = tracked.run_trials(progress, max_trials=args.max_trials)
+                recycled = args.max_trials is not None and ran >= args.max_trials
+            else:
+                _run_with_workers(tracked, args, progress, workers)
             outcome = tracked.finish()
         except BaseException:
             _stop(workers)
@@ -106,15 +108,57 @@ def main(args: argparse.Namespace) -> int:
             if not args.spawned:
                 _print_study(tracked, params)
             raise
-    if not args.spawned:
-        _print_study(tracked, params)
-        _print_outcome(outcome, params, tracker.ui_url())
+    if args.spawned:
+        return RECYCLED if recycled else 0
+    _print_study(tracked, params)
+    _print_outcome(outcome, params, tracker.ui_url())
     return 0
 
 
-def _spawn_workers(argv: list[str], k: int) -> list[subprocess.Popen[bytes]]:
-    """K more starters of this very command (same argv) with one thread each."""
+def _run_with_workers(
+    tracked: TrackedStudy,
+    args: argparse.Namespace,
+    progress: Callable[[TrialSummary], None],
+    workers: list[subprocess.Popen[bytes]],
+) -> None:
+    """Trials here and in `--workers - 1` child processes until the budget is met.
+
+    Keras/TensorFlow memory grows a little with every trial a process trains, so with
+    `search.recycle_after: N` no process trains more than N trials: this one runs its first
+    N, and every process that has run its N (this one included) is replaced by a fresh child
+    while trials remain. A child that stopped for any other reason (its own failures, a
+    signal) is not replaced; this process tops the budget up at the end instead.
+    `workers` is filled in place so the caller can stop them on Ctrl-C.
+    """
+    k, recycle = args.workers, tracked.params.search.recycle_after or None
+    if k > 1 and tracked.budget_left() > 0:
+        workers += _spawn_workers(args.argv, k - 1, recycle)
+    ran = tracked.run_trials(progress, max_trials=recycle)
+    replace = 1 if recycle and ran >= recycle else 0  # this process's own slot
+    done: set[int] = set()
+    while True:
+        for w in workers:
+            if w.poll() is not None and w.pid not in done:
+                done.add(w.pid)
+                replace += w.returncode == RECYCLED
+        while replace and tracked.budget_left() > 0:
+            workers += _spawn_workers(args.argv, 1, recycle)
+            replace -= 1
+        replace = 0
+        if all(w.poll() is not None for w in workers):
+            break
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)  # until a child exits (not reaped)
+    tracked.run_trials(progress)  # tops up if a worker's last trials failed or it died
+
+
+def _spawn_workers(
+    argv: list[str], k: int, max_trials: int | None
+) -> list[subprocess.Popen[bytes]]:
+    """K more starters of this very command (same argv) with one thread each, each running at
+    most `max_trials` trials before it exits."""
     argv = [a for a in argv if a != "--new"] + ["--workers", "1", "--spawned"]
+    if max_trials:
+        argv += ["--max-trials", str(max_trials)]
     env = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
     cmd = [sys.executable, "-m", "pipeline.run", *argv]
     return [subprocess.Popen(cmd, env=env) for _ in range(k)]
