@@ -67,10 +67,16 @@ class TrainInput:
 
 
 def configure_threads(n: int) -> None:
-    """Limit TensorFlow to `n` threads; must run before TensorFlow starts any work."""
+    """Limit the backend to `n` threads; must run before it starts any work."""
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(n))
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    if n == 1:  # JAX/XLA on the CPU: one thread per process
+        os.environ.setdefault(
+            "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        )
     _quiet_tensorflow()
+    if backend() != "tensorflow":
+        return
     import tensorflow as tf
 
     try:
@@ -78,6 +84,14 @@ def configure_threads(n: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:  # TensorFlow already initialised: the env vars above still apply
         pass
+
+
+def backend() -> str:
+    """The Keras backend in use: `tensorflow` (default) or `jax` (KERAS_BACKEND=jax, with
+    `pip install -e ".[jax]"`)."""
+    import keras
+
+    return keras.backend.backend()
 
 
 def _quiet_tensorflow() -> None:
@@ -96,12 +110,12 @@ def _quiet_tensorflow() -> None:
     try:
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 2)
-            import keras  # noqa: F401 - imports TensorFlow too
+            # TensorFlow comes first even on the JAX backend: Keras imports it anyway for its
+            # input pipelines, and its lines must be silenced too.
+            import tensorflow as tf
 
-            if keras.backend.backend() == "tensorflow":  # the CUDA probe logs on first use
-                import tensorflow as tf
-
-                tf.config.list_physical_devices("GPU")
+            tf.config.list_physical_devices("GPU")  # the CUDA probe logs on first use
+            import keras  # noqa: F401
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -262,10 +276,12 @@ def train(
     """
     _quiet_tensorflow()
     import keras
-    import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     started = time.perf_counter()
     model = build(splits.X_train.shape[1], task, n_classes, model_params)
     steps = max(1, math.ceil(len(splits.X_train) / train_params.batch_size))

@@ -75,6 +75,7 @@ def environment_tags() -> dict[str, str]:
     """Git commit and package versions, so a run says exactly what produced it (read once per
     process: a `git` subprocess per trial run would be pure tracking overhead)."""
     tags = {f"version.{name}": _version(name) for name in _VERSIONED}
+    tags["keras.backend"] = os.environ.get("KERAS_BACKEND", "tensorflow")
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"],

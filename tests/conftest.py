@@ -53,6 +53,17 @@ def require_postgres() -> str:
     return PG_URL
 
 
+def require_jax() -> None:
+    """For tests of the JAX backend: skip without `jax` on a developer machine, fail in CI
+    (CI=true), where .ci/run installs the `jax` extra."""
+    import importlib.util
+
+    if importlib.util.find_spec("jax") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("jax is not installed in CI (.ci/run installs the `jax` extra)")
+        pytest.skip('jax not installed (pip install -e ".[jax]")')
+
+
 def wait_for_http(url: str, timeout: float = 120.0) -> int:
     """Poll `url` until it answers; return its HTTP status, fail the test after `timeout` s."""
     import time

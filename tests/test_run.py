@@ -589,3 +589,42 @@ def test_worker_processes_are_recycled_after_recycle_after_trials(workdir, store
     assert all(r.info.status == "FINISHED" for r in runs)
     assert len([r for r in runs if r.data.tags.get("pipeline.kind") == "champion"]) == 1
     assert "champion = best trial" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_jax_backend_trains_and_its_model_serves_on_tensorflow(workdir, store_uri):
+    """KERAS_BACKEND=jax (the `jax` extra) trains and logs the same kind of model; `predict` on
+    the default TensorFlow backend scores it to the logged test accuracy."""
+    import os
+    import re
+
+    from conftest import require_jax
+
+    require_jax()
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    argv = ["-m", "pipeline.run", "train", "-p", str(REPO / "params" / "iris.yaml")]
+    argv += ["--tracking-uri", store_uri, "--set", "train.epochs=30"]
+    done = subprocess.run(
+        [sys.executable, *argv], cwd=workdir, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    uri = re.search(r"model: (models:/\S+)", done.stdout).group(1)
+    logged = float(re.search(r"test_accuracy\s+([0-9.]+)", done.stdout).group(1))
+    import mlflow
+
+    (trained,) = mlflow.MlflowClient(store_uri).search_runs(["1"])
+    assert trained.data.tags["keras.backend"] == "jax"
+
+    params = config.load(REPO / "params" / "iris.yaml", ["train.epochs=30"])
+    prep = stages.prepare(params)
+    stages.frame(prep, prep.raw.X_test, prep.raw.y_test).to_csv(workdir / "test.csv", index=False)
+    env.pop("KERAS_BACKEND")
+    served = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", *predict_argv(uri, store_uri)],
+        cwd=workdir,
+        env={**env, "KERAS_BACKEND": "tensorflow"},
+        capture_output=True,
+        text=True,
+    )
+    assert served.returncode == 0, served.stderr[-3000:]
+    assert f"accuracy against column 'target': {logged:.4f}" in served.stderr
