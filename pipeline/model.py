@@ -240,7 +240,7 @@ def _make_callback(
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             if logs is None:
                 logs = {}
-            scores = keras.ops.convert_to_numpy(self.model(X_val, training=False))
+            scores = np.asarray(self.model.predict_on_batch(X_val))
             logs.update(validation_logs(scores, y_val, task))  # shared with later callbacks
             logs = {k: float(v) for k, v in logs.items()}
             bad = [k for k, v in logs.items() if not math.isfinite(v)]
