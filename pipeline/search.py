@@ -450,18 +450,17 @@ class SearchStudy:
     # dead workers
 
     def dead_trials(self) -> list[DeadTrial]:
-        """RUNNING trials whose worker is gone: a dead pid on this host, or (any host) no
-        heartbeat for STALE_AFTER_SECONDS. Optuna's own heartbeat covers RDB storages only."""
+        """RUNNING trials whose worker is gone: no heartbeat for STALE_AFTER_SECONDS (any
+        host), or a dead pid (this host). Optuna's own heartbeat covers RDB storages only."""
         host, now, out = socket.gethostname(), time.time(), []
         for t in self._trials(TrialState.RUNNING):
             worker = str(t.user_attrs.get(WORKER_ATTR, ""))
             worker_host, _, pid = worker.rpartition(":")
-            if worker_host == host and pid.isdigit():
-                dead = not _pid_alive(int(pid))
-            else:
-                beat = t.user_attrs.get(HEARTBEAT_ATTR)
-                start = t.datetime_start.timestamp() if t.datetime_start else now
-                dead = now - float(beat if beat is not None else start) > STALE_AFTER_SECONDS
+            beat = t.user_attrs.get(HEARTBEAT_ATTR)
+            start = t.datetime_start.timestamp() if t.datetime_start else now
+            dead = now - float(beat if beat is not None else start) > STALE_AFTER_SECONDS
+            if worker_host == host and pid.isdigit():  # a pid is checkable here (and may be
+                dead = dead or not _pid_alive(int(pid))  # reused, hence the heartbeat too)
             if dead:
                 run_id = t.user_attrs.get(RUN_ATTR)
                 out.append(
