@@ -80,6 +80,18 @@ def test_a_lone_process_keeps_its_stream_and_simultaneous_openers_get_distinct_o
     assert a.ask(10).values != b.ask(10).values
 
 
+def test_a_lone_process_proposes_what_optunas_own_loop_proposes_for_the_seed(tmp_path):
+    """The ask/tell protocol changes nothing for one process: the same trials, in order, as
+    `study.optimize` with the same sampler and seed (what the CLI did before)."""
+    objective = lambda values: 1.0 - values["model.dropout"]  # noqa: E731
+    ours = drive(study_at(tmp_path), 8, lambda t: objective(t.values))
+    reference = optuna.create_study(
+        sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=2), direction="maximize"
+    )
+    reference.optimize(lambda t: objective(search.suggest(t, SPACE)), n_trials=8)
+    assert ours == [t.params for t in reference.trials]
+
+
 def test_resume_continues_to_the_total_without_replaying(tmp_path):
     drive(study_at(tmp_path), 2)
     again = study_at(tmp_path)
