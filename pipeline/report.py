@@ -1,17 +1,25 @@
-"""Plots and tables: pure functions from arrays or data frames to matplotlib figures and text.
+"""Plots, tables and pages: pure functions from arrays, data frames and figures to matplotlib
+figures, text and HTML.
 
 Nothing here tracks, searches or trains; the orchestrator decides where the results go. The
-study plots are drawn from the trials table itself, so they work for any storage and need no
-browser or image-export service (Plotly's static export needs Chrome, which is not a given).
+study figures are Optuna's own (interactive Plotly, drawn in search.py); this module only lays
+them out as self-contained HTML, with plotly.js inlined once per page so a page opens offline
+(Plotly's static image export needs Chrome, which is not a given).
 """
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from plotly.graph_objects import Figure
 
 
 def _figure(width: float = 7.0, height: float = 4.5) -> tuple[Any, Any]:
@@ -98,67 +106,6 @@ def residual_figure(y_true: np.ndarray, y_pred: np.ndarray) -> Any:
 # -- study plots ----------------------------------------------------------------------------
 
 
-def optimization_history(trials: pd.DataFrame, metric: str, maximize: bool) -> Any:
-    """Each finished trial's value and the best-so-far line, by trial number."""
-    fig, ax = _figure()
-    done = trials[trials["state"] == "COMPLETE"].sort_values("number")
-    ax.scatter(done["number"], done["value"], label="trial", s=18)
-    if len(done):
-        best = done["value"].cummax() if maximize else done["value"].cummin()
-        ax.step(done["number"], best, where="post", color="C3", label="best so far")
-    pruned = trials[trials["state"] == "PRUNED"]
-    if len(pruned):
-        ax.scatter(pruned["number"], [np.nan] * len(pruned), label=f"pruned ({len(pruned)})")
-    ax.set_xlabel("trial")
-    ax.set_ylabel(metric)
-    ax.set_title("optimization history")
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def importance_figure(importances: Mapping[str, float]) -> Any:
-    """Horizontal bars of each parameter's importance (fANOVA, from the study)."""
-    fig, ax = _figure()
-    items = sorted(importances.items(), key=lambda kv: kv[1])
-    ax.barh([k for k, _ in items], [v for _, v in items])
-    ax.set_xlabel("importance")
-    ax.set_title("parameter importances")
-    fig.tight_layout()
-    return fig
-
-
-def parallel_coordinates(trials: pd.DataFrame, params: Sequence[str], metric: str) -> Any:
-    """One line per complete trial across the searched params, coloured by the metric."""
-    import matplotlib
-
-    fig, ax = _figure(max(7.0, 1.6 * (len(params) + 1)), 4.5)
-    done = trials[trials["state"] == "COMPLETE"]
-    axes = list(params) + ["value"]
-    if done.empty or not params:
-        ax.set_title("parallel coordinates (no complete trials)")
-        return fig
-    cols = []
-    for name in axes:
-        col = done[name if name == "value" else f"params_{name}"]
-        if pd.api.types.is_numeric_dtype(col):
-            values = col.astype(float).to_numpy()
-        else:
-            values = pd.Categorical(col.astype(str)).codes.astype(float)
-        span = values.max() - values.min()
-        cols.append((values - values.min()) / span if span > 0 else np.full_like(values, 0.5))
-    matrix = np.vstack(cols).T
-    norm = matplotlib.colors.Normalize(done["value"].min(), done["value"].max())
-    cmap = matplotlib.colormaps["viridis"]
-    for row, value in zip(matrix, done["value"], strict=True):
-        ax.plot(range(len(axes)), row, color=cmap(norm(value)), alpha=0.8)
-    ax.set_xticks(range(len(axes)), [*params, metric], rotation=20, ha="right")
-    ax.set_yticks([])
-    ax.set_title("parallel coordinates (each axis scaled to its range)")
-    fig.tight_layout()
-    return fig
-
-
 def top_trial_curves(curves: Mapping[str, Sequence[float]], metric: str) -> Any:
     """The validation curve of each of the top trials, to see how they trained."""
     fig, ax = _figure()
@@ -171,6 +118,66 @@ def top_trial_curves(curves: Mapping[str, Sequence[float]], metric: str) -> Any:
         ax.legend()
     fig.tight_layout()
     return fig
+
+
+# -- HTML pages -----------------------------------------------------------------------------
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 1.8em; }
+table.trials { border-collapse: collapse; font-size: 0.85em; }
+table.trials th, table.trials td { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
+img { max-width: 100%; }
+"""
+
+
+def html_page(title: str, sections: Sequence[tuple[str, str]]) -> str:
+    """One self-contained page: a heading and (heading, HTML fragment) sections in order."""
+    body = "\n".join(
+        f'<section class="part"><h2>{html.escape(head)}</h2>\n{fragment}\n</section>'
+        for head, fragment in sections
+    )
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_STYLE}</style></head>\n<body><h1>{html.escape(title)}</h1>\n{body}\n"
+        "</body></html>\n"
+    )
+
+
+def figure_sections(figures: Mapping[str, Figure]) -> list[tuple[str, str]]:
+    """(title, div) per interactive figure; plotly.js goes inline with the first one only, so
+    the page works offline and carries the library once."""
+    return [
+        (title, fig.to_html(full_html=False, include_plotlyjs=i == 0))
+        for i, (title, fig) in enumerate(figures.items())
+    ]
+
+
+def study_page(title: str, figures: Mapping[str, Figure]) -> str:
+    """The study figures on one offline page (what the parent run carries)."""
+    if not figures:
+        return html_page(title, [("figures", "<p>No complete trial yet: nothing to draw.</p>")])
+    return html_page(title, figure_sections(figures))
+
+
+def frame_html(frame: pd.DataFrame) -> str:
+    """A data frame as an HTML table, one row per frame row (numbers to 4 significant digits)."""
+    return frame.to_html(
+        index=False, classes="trials", na_rep="", float_format=lambda v: f"{v:.4g}", border=0
+    )
+
+
+def png_html(image: bytes, alt: str) -> str:
+    """A PNG embedded in the page itself (no file beside it to lose)."""
+    data = base64.b64encode(image).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def figure_png(figure: Any) -> bytes:
+    """A matplotlib figure as PNG bytes."""
+    buf = io.BytesIO()
+    figure.savefig(buf, format="png")
+    return buf.getvalue()
 
 
 # -- tables ---------------------------------------------------------------------------------

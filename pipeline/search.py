@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +35,7 @@ from pipeline.locks import file_lock
 
 if TYPE_CHECKING:
     import pandas as pd
+    from plotly.graph_objects import Figure
 
 log = logging.getLogger(__name__)
 
@@ -379,6 +380,11 @@ class SearchStudy:
         frame = self._study.trials_dataframe(
             attrs=("number", "value", "state", "params", "user_attrs", "duration")
         )
+        # A study with a named objective calls the column values_<metric>; keep one name.
+        named = self._study.metric_names or []
+        frame = frame.rename(
+            columns={f"{v}_{m}": "value" for m in named for v in ("value", "values")}
+        )
         if "duration" in frame:
             frame["seconds"] = frame["duration"].dt.total_seconds()
             frame = frame.drop(columns=["duration"])
@@ -393,6 +399,58 @@ class SearchStudy:
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
             log.info("parameter importances unavailable: %s", exc)
             return {}
+
+    def figures(self) -> dict[str, Figure]:
+        """The study's interactive figures from `optuna.visualization`, by title.
+
+        History, parallel coordinates (categorical params keep their names), importances,
+        slice, contour of the two most important params, intermediate values, timeline and
+        the empirical distribution. A figure Optuna cannot draw yet (too few complete trials,
+        a single param, nothing reported per epoch) is left out: figures never stop a search.
+        """
+        complete = self._trials(TrialState.COMPLETE)
+        if not complete:
+            return {}
+        import optuna.visualization as vis
+
+        study, target = self._study, str(self.attr("metric") or self._params.metric)
+        keys = list(self._params.space)
+        ranked = list(self.importances()) or keys
+        makers: dict[str, Callable[[], Figure]] = {
+            "optimization history": lambda: vis.plot_optimization_history(
+                study, target_name=target
+            ),
+            "parallel coordinates": lambda: vis.plot_parallel_coordinate(
+                study, params=keys, target_name=target
+            ),
+            "slice": lambda: vis.plot_slice(study, params=keys, target_name=target),
+            "timeline": lambda: vis.plot_timeline(study),
+            "empirical distribution": lambda: vis.plot_edf(study, target_name=target),
+        }
+        if len(complete) >= 2:
+            makers["parameter importances"] = lambda: vis.plot_param_importances(
+                study, target_name=target
+            )
+        if len(keys) >= 2:
+            makers["contour (two most important params)"] = lambda: vis.plot_contour(
+                study, params=ranked[:2], target_name=target
+            )
+        if any(t.intermediate_values for t in self._trials(*FINISHED)):
+            makers["intermediate values"] = lambda: vis.plot_intermediate_values(study)
+        out: dict[str, Figure] = {}
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # "too few trials" notices
+        try:
+            for title, make in makers.items():
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # experimental-API notices
+                        out[title] = make()
+                except Exception as exc:  # noqa: BLE001 - a missing figure must not end a study
+                    log.info("study figure %r unavailable: %s", title, exc)
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+        return out
 
     def others_running(self) -> bool:
         """True if a live worker (not this process) still has a trial running."""
@@ -581,4 +639,20 @@ def open_study(
             sampler=_sampler(params, seed + history + 7919 * slot),
             pruner=_pruner(params, max_epochs),
         )
+        if study.metric_names is None:  # named, so optuna-dashboard labels the objective
+            study.set_metric_names([params.metric])
+    return SearchStudy(study, storage, params)
+
+
+def existing_study(name: str, url: str | None, params: SearchParams) -> SearchStudy | None:
+    """An existing study to read (figures, trials), or None when the storage or study is not
+    there. Unlike `open_study`, creates nothing: no journal file, no study, no opener slot."""
+    path = url or str(Path("mlruns") / "optuna-journal.log")
+    if not _is_url(path) and not Path(path).is_file():
+        return None
+    storage = make_storage(path)
+    if _study_id(storage.backend, name) is None:
+        return None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=name, storage=storage.backend)
     return SearchStudy(study, storage, params)

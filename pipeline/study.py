@@ -44,6 +44,7 @@ CHAMPION_ATTR = "champion"
 STATE_TAG = "optuna.state"
 RESULT_TAG = "pipeline.objective"  # the trial's objective, written on the run before Optuna
 INTERRUPTED = "interrupted (Ctrl-C or SIGTERM)"
+STUDY_PAGE = "study_figures.html"  # the parent run's artifact with the study figures
 
 
 @dataclass(frozen=True)
@@ -431,7 +432,11 @@ class TrackedStudy:
         return ChampionRecord(best.number, run_id, where, made.test)
 
     def log_parent_artifacts(self) -> pd.DataFrame:
-        """Trials table, best params and study plots on the parent run; returns the table."""
+        """Trials table, best params and study figures on the parent run; returns the table.
+
+        The figures are Optuna's interactive ones on one offline HTML page (MLflow shows .html
+        artifacts in its UI), with the top trials' validation curves beside them as a PNG.
+        """
         import yaml
 
         from pipeline import report
@@ -461,20 +466,12 @@ class TrackedStudy:
                 "trials_failed": c.failed,
             },
         )
+        tracker.log_text(
+            parent,
+            report.study_page(f"study {self.name}: {sp.metric}", self.study.figures()),
+            STUDY_PAGE,
+        )
         maximize = sp.direction == "maximize"
-        tracker.log_figure(
-            parent,
-            report.optimization_history(frame, sp.metric, maximize),
-            "optimization_history.png",
-        )
-        imp = self.study.importances()
-        if imp:
-            tracker.log_figure(parent, report.importance_figure(imp), "param_importances.png")
-        tracker.log_figure(
-            parent,
-            report.parallel_coordinates(frame, list(sp.space), sp.metric),
-            "parallel_coordinates.png",
-        )
         done = frame[frame["state"] == "COMPLETE"].sort_values("value", ascending=not maximize)
         col = f"user_attrs_{search.RUN_ATTR}"
         curves = {

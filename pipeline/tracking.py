@@ -240,6 +240,13 @@ class Tracker:
     def download_artifact(self, run_id: str, path: str, dst: str | Path) -> Path:
         return Path(self.client.download_artifacts(run_id, path, str(dst)))
 
+    def read_artifact(self, run_id: str, path: str) -> bytes | None:
+        """A top-level artifact file of a run as bytes, or None if the run has no such file."""
+        if path not in {a.path for a in self.client.list_artifacts(run_id)}:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            return self.download_artifact(run_id, path, tmp).read_bytes()
+
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 

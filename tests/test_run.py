@@ -206,8 +206,7 @@ def test_search_resumes_to_the_total_registers_a_champion_and_predict_reproduces
     assert {
         "trials.csv",
         "best_params.yaml",
-        "optimization_history.png",
-        "parallel_coordinates.png",
+        "study_figures.html",
         "top_trials_curves.png",
     } <= artifacts
     assert {a.path for a in client.list_artifacts(trials[0].info.run_id)} == {"model.keras"}
@@ -250,7 +249,7 @@ def test_search_resumes_to_the_total_registers_a_champion_and_predict_reproduces
 
     assert run.main(["report", "--tracking-uri", store_uri, "--out", str(workdir / "rep")]) == 0
     listing = capsys.readouterr().out
-    assert "6 trials" in listing and (workdir / "rep" / "optimization_history.png").is_file()
+    assert "6 trials" in listing and (workdir / "rep" / "study_figures.html").is_file()
 
     # Running the finished study again keeps its champion: no retraining, no second test use.
     def champions() -> int:

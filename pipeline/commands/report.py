@@ -1,21 +1,38 @@
-"""`report`: the top trials of a study read back from the tracking store, and the plots."""
+"""`report`: the trials of a study read back from the tracking store, the study figures from the
+Optuna storage, and (`--html`) all of it with the champion's plots on one offline page."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.commands.common import add_common, load_params, make_tracker
 from pipeline.errors import PipelineError
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pipeline.tracking import Tracker
+
+# The champion run's images that the --html page shows, with their section titles.
+CHAMPION_IMAGES = {
+    "learning_curves.png": "champion: learning curves",
+    "confusion_matrix.png": "champion: confusion matrix (test split)",
+    "residuals.png": "champion: residuals (test split)",
+}
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="top trials of a study from the tracking store, and plots")
+    p = sub.add_parser("report", help="trials of a study, its Optuna figures, an HTML page")
     add_common(p)
     p.add_argument("--study", help="study name (default: the experiment name)")
     p.add_argument("--top", type=int, default=10, help="how many trials to list")
-    p.add_argument("--out", type=Path, default=None, help="folder for the plots")
+    p.add_argument("--out", type=Path, default=None, help="folder for the figures")
+    p.add_argument(
+        "--storage", help="Optuna storage of the study (default: journal file in mlruns/)"
+    )
+    p.add_argument("--html", type=Path, default=None, help="write one self-contained page here")
 
 
 def _scalar(text: str | None) -> Any:
@@ -26,17 +43,10 @@ def _scalar(text: str | None) -> Any:
         return text
 
 
-def main(args: argparse.Namespace) -> int:
-    """Top trials of a study read back from the tracking store, and the study plots."""
+def trials_frame(tracker: Tracker, study: str, metric: str, keys: list[str]) -> pd.DataFrame:
+    """One row per trial run of the study in the tracking store (no Optuna storage needed)."""
     import pandas as pd
 
-    from pipeline import report, stages
-
-    params = load_params(args)
-    tracker = make_tracker(params)
-    study = args.study or stages.experiment_name(params)
-    metric = params.search.metric
-    maximize = params.search.direction == "maximize"
     runs = tracker.runs(f"tags.`pipeline.study` = '{study}'")
     trials = [r for r in runs if "pipeline.trial" in r.data.tags]
     if not trials:
@@ -45,19 +55,37 @@ def main(args: argparse.Namespace) -> int:
             f"{tracker.experiment_name!r}). Run `search` first, or pass --study, -p or "
             "--tracking-uri."
         )
-    keys = list(params.search.space)
     rows = []
     for r in trials:
         row = {
             "number": int(r.data.tags["pipeline.trial"]),
             "state": r.data.tags.get("optuna.state", "?"),
             "value": r.data.metrics.get(metric),
-            "run_id": r.info.run_id,
             "epochs": r.data.metrics.get("epochs_run"),
+            "run_id": r.info.run_id,
         }
         row.update({f"params_{k}": _scalar(r.data.params.get(k)) for k in keys})
         rows.append(row)
-    frame = pd.DataFrame(rows).sort_values("number")
+    return pd.DataFrame(rows).sort_values("number")
+
+
+def _champion_run(tracker: Tracker, study: str) -> str | None:
+    """The study's latest champion run, if one was made."""
+    runs = tracker.runs(f"tags.`pipeline.study` = '{study}' and tags.`pipeline.kind` = 'champion'")
+    return max(runs, key=lambda r: r.info.start_time).info.run_id if runs else None
+
+
+def main(args: argparse.Namespace) -> int:
+    """Top trials (tracking store), Optuna figures (study storage), optionally one HTML page."""
+    from pipeline import report, search, stages
+
+    params = load_params(args)
+    tracker = make_tracker(params)
+    study = args.study or stages.experiment_name(params)
+    metric = params.search.metric
+    maximize = params.search.direction == "maximize"
+    keys = list(params.search.space)
+    frame = trials_frame(tracker, study, metric, keys)
     ranked = frame[frame["state"] == "COMPLETE"].sort_values("value", ascending=not maximize)
     shown = [
         {
@@ -71,14 +99,34 @@ def main(args: argparse.Namespace) -> int:
     counts = frame["state"].value_counts().to_dict()
     print(f"study {study!r}: {len(frame)} trials {counts}")
     print(report.table(shown, ["trial", metric, "epochs", *keys]))
+
+    opened = search.existing_study(study, args.storage, params.search)
+    figures = opened.figures() if opened is not None else {}
+    if opened is None:
+        where = args.storage or "mlruns/optuna-journal.log"
+        print(f"no study {study!r} in {where}: study figures need it (pass --storage)")
     out = args.out or Path("mlruns") / "reports" / study
     out.mkdir(parents=True, exist_ok=True)
-    report.optimization_history(frame, metric, maximize).savefig(out / "optimization_history.png")
-    report.parallel_coordinates(frame, keys, metric).savefig(out / "parallel_coordinates.png")
+    title = f"study {study}: {metric}"
+    if opened is not None:
+        (out / "study_figures.html").write_text(report.study_page(title, figures))
     curves = {
         f"trial {r['number']}": tracker.metric_history(r["run_id"], metric)
         for _, r in ranked.head(min(args.top, 5)).iterrows()
     }
-    report.top_trial_curves(curves, metric).savefig(out / "top_trials_curves.png")
-    print(f"plots written to {out}/")
+    curves_png = report.figure_png(report.top_trial_curves(curves, metric))
+    (out / "top_trials_curves.png").write_bytes(curves_png)
+    print(f"figures written to {out}/")
+    if args.html is not None:
+        sections = [(f"trials ({len(frame)})", report.frame_html(frame))]
+        sections += report.figure_sections(figures)
+        sections.append((f"{metric} per epoch, top trials", report.png_html(curves_png, metric)))
+        champion = _champion_run(tracker, study)
+        for name, head in CHAMPION_IMAGES.items():
+            image = tracker.read_artifact(champion, name) if champion else None
+            if image is not None:
+                sections.append((head, report.png_html(image, head)))
+        args.html.parent.mkdir(parents=True, exist_ok=True)
+        args.html.write_text(report.html_page(title, sections))
+        print(f"page written to {args.html}")
     return 0
