@@ -109,6 +109,82 @@ def test_validation_logs_match_keras_evaluate():
     assert ours["val_accuracy"] == pytest.approx(keras_acc)
 
 
+def binary(n=120, seed=1):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    X = (rng.normal(size=(n, 3)) * 0.6 + y[:, None]).astype(np.float32)
+    return Splits(X[:80], y[:80], X[80:100], y[80:100], X[100:], y[100:])
+
+
+def regression(n=100, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(size=(n, 2)).astype(np.float32)
+    y = (X @ np.array([1.0, -2.0]) + 0.5).astype(np.float32)
+    return Splits(X[:60], y[:60], X[60:80], y[60:80], X[80:], y[80:])
+
+
+@pytest.mark.parametrize(
+    "task,n_classes,splits",
+    [
+        ("classification", 3, blobs()),
+        ("classification", 2, binary()),
+        ("regression", 0, regression()),
+    ],
+    ids=["3-class", "binary", "regression"],
+)
+def test_every_search_metric_is_logged_each_epoch_and_ends_at_evaluates_value(
+    task, n_classes, splits
+):
+    """So any allowed search.metric can prune: each epoch's logs hold all of them, and the
+    last epoch's equal scikit-learn's (model.evaluate) on the same model and split."""
+    from pipeline.stages import METRICS
+
+    seen: list[dict[str, float]] = []
+    res = model.train(
+        splits,
+        SMALL,
+        TrainParams(epochs=4, batch_size=16, learning_rate=0.02),
+        task=task,
+        n_classes=n_classes,
+        seed=0,
+        on_epoch=lambda epoch, logs: seen.append(dict(logs)) and False,
+    )
+    wanted = {m for m in METRICS[task] if m != "val_roc_auc" or n_classes == 2}
+    assert len(seen) == 4 and all(wanted <= set(logs) for logs in seen)
+    final = model.evaluate(res.model, splits.X_val, splits.y_val, task=task, n_classes=n_classes)
+    for name in wanted:
+        assert seen[-1][name] == pytest.approx(final[name.removeprefix("val_")], rel=1e-4), name
+
+
+def test_epoch_metrics_agree_with_scikit_learn_on_awkward_predictions():
+    """Macro averages over every class (0 for a class never predicted or never present),
+    AUC with tied scores: the same numbers scikit-learn gives."""
+    from sklearn import metrics as skm
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        k, n = int(rng.integers(2, 6)), int(rng.integers(3, 40))
+        y = rng.integers(0, k, n)
+        scores = np.round(rng.uniform(size=(n, 1)), 1) if k == 2 else rng.dirichlet([1] * k, n)
+        ours = model.validation_logs(scores, y, "classification", k)
+        pred = model.to_labels(scores, "classification")
+        p, r, f1, _ = skm.precision_recall_fscore_support(
+            y, pred, labels=list(range(k)), average="macro", zero_division=0
+        )
+        assert (ours["val_precision"], ours["val_recall"], ours["val_f1"]) == pytest.approx(
+            (p, r, f1)
+        )
+        if k == 2 and len(set(y)) == 2:
+            assert ours["val_roc_auc"] == pytest.approx(skm.roc_auc_score(y, scores[:, 0]))
+        else:
+            assert "val_roc_auc" not in ours
+    y = rng.normal(size=30)
+    pred = y + rng.normal(size=30) * 0.3
+    ours = model.validation_logs(pred[:, None], y, "regression")
+    assert ours["val_r2"] == pytest.approx(skm.r2_score(y, pred))
+    assert ours["val_mse"] == pytest.approx(skm.mean_squared_error(y, pred))
+
+
 def test_evaluate_classification_and_binary_auc():
     splits = blobs()
     metrics = model.evaluate(

@@ -179,3 +179,47 @@ def drop_database(url: str) -> None:
     server_url, name = url.rsplit("/", 1)
     with psycopg.connect(server_url + "/postgres", autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.slow
+def test_a_val_f1_search_prunes_a_trial_that_learns_nothing(workdir):
+    """val_f1 is reported every epoch, so the median pruner stops a trial whose learning rate
+    is too small to learn, once a learning trial has set the median (real Keras, iris)."""
+    from pipeline import config, stages
+    from pipeline.study import TrackedStudy
+    from pipeline.tracking import Tracker
+
+    overrides = [
+        "data.source=iris",
+        "name=f1",
+        "model.hidden=[16]",
+        "train.epochs=8",
+        "train.batch_size=8",
+        "train.early_stopping.patience=0",
+        "search.n_trials=2",
+        "search.metric=val_f1",
+        "search.pruner=median",
+        "search.n_startup_trials=1",
+        "search.space={train.learning_rate: {choices: [0.05, 1.0e-6]}}",
+        f"tracking.uri=sqlite:///{workdir / 'mlruns' / 'mlflow.db'}",
+    ]
+    params = config.load(Path(__file__).parent.parent / "params" / "default.yaml", overrides)
+    prep = stages.prepare(params)
+    tracker = Tracker(params.tracking.uri, "f1")
+    tracked = TrackedStudy.open(
+        params,
+        prep,
+        tracker,
+        name="f1",
+        storage=search.make_storage(str(workdir / "journal.log")),
+        storage_display="test",
+    )
+    for lr in (0.05, 1.0e-6):  # the learning trial first, then the one that cannot learn
+        tracked.study._study.enqueue_trial({"train.learning_rate": lr})
+    with tracker.run("study-f1", resume_id=tracked.parent_id):
+        tracked.run_trials()
+    good, bad = tracked.study._trials()
+    assert (good.state.name, bad.state.name) == ("COMPLETE", "PRUNED")
+    assert len(good.intermediate_values) == 8 and 4 <= len(bad.intermediate_values) < 8
+    run = tracker.client.get_run(bad.user_attrs[search.RUN_ATTR])
+    assert run.data.tags["pruned_at_epoch"] == str(len(bad.intermediate_values))
