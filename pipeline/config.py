@@ -44,6 +44,15 @@ class DataParams(_Section):
     target: str | int | None = None
     header: Literal["auto"] | bool = "auto"
     task: Literal["auto", "classification", "regression"] = "auto"
+    # A CSV in the same layout as `source`: the one-time test split (source is then train/val).
+    test_source: str | None = None
+
+    @field_validator("test_source")
+    @classmethod
+    def _test_source_is_a_path(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("give a CSV path, or null to split the test rows off data.source")
+        return v
 
 
 class SplitParams(_Section):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -25,8 +25,22 @@ _MAX_CLASSES_FOR_AUTO = 50
 
 
 @dataclass(frozen=True)
+class TestRows:
+    """The rows of `data.test_source`: features in the training column order and the target
+    encoded with the training file's codes."""
+
+    X: np.ndarray
+    y: np.ndarray
+    source: str
+
+
+@dataclass(frozen=True)
 class Dataset:
-    """Features and an encoded target. `classes[i]` is the original label of code i."""
+    """Features and an encoded target. `classes[i]` is the original label of code i.
+
+    `test` holds a separate test file's rows (data.test_source); without one, the test split
+    is cut from X and y.
+    """
 
     name: str
     X: np.ndarray
@@ -35,6 +49,7 @@ class Dataset:
     target_name: str
     task: Task
     classes: tuple = ()
+    test: TestRows | None = None
 
     @property
     def n_classes(self) -> int:
@@ -43,8 +58,8 @@ class Dataset:
     def digest(self) -> str:
         """A short content hash: the same data gives the same digest on every machine."""
         h = hashlib.sha256()
-        h.update(np.ascontiguousarray(self.X).tobytes())
-        h.update(np.ascontiguousarray(self.y).tobytes())
+        for part in (self.X, self.y, *((self.test.X, self.test.y) if self.test else ())):
+            h.update(np.ascontiguousarray(part).tobytes())
         h.update(repr((self.feature_names, self.target_name, self.classes)).encode())
         return h.hexdigest()[:16]
 
@@ -104,7 +119,77 @@ def load(params: DataParams) -> Dataset:
         name = path.stem
     if params.source in BUILTINS and params.target is not None:
         target = _target_column(frame, params.target, Path(params.source))
-    return _to_dataset(frame, target, name, params.task, params.source)
+    dataset = _to_dataset(frame, target, name, params.task, params.source)
+    if params.test_source is None:
+        return dataset
+    if params.source in BUILTINS:
+        raise DataError(
+            f"data.test_source {params.test_source!r}: a separate test file needs data.source "
+            f"to be a CSV in the same layout, not the built-in {params.source!r}. Give both as "
+            "CSV paths, or drop data.test_source to split the test rows off data.source."
+        )
+    return replace(dataset, test=load_test_rows(params, dataset))
+
+
+def load_test_rows(params: DataParams, train: Dataset) -> TestRows:
+    """Read data.test_source with data.source's rules (header, target) and encode its target
+    with the training codes; a label the training file never had is an error."""
+    path = Path(str(params.test_source))
+    frame = read_csv(path, params.header)
+    # Without data.target, the training file's target column by name (its last column), so a
+    # test file with its columns in another order still finds it.
+    by_name = train.target_name if train.target_name in map(str, frame.columns) else None
+    target = _target_column(frame, params.target if params.target is not None else by_name, path)
+    features = _feature_frame(frame, target, str(path))
+    names = tuple(str(c) for c in features.columns)
+    if set(names) != set(train.feature_names):
+        missing = [n for n in train.feature_names if n not in names]
+        extra = [n for n in names if n not in train.feature_names]
+        raise DataError(
+            f"{path}: its feature columns differ from data.source's (missing: "
+            f"{preview(missing) or 'none'}; extra: {preview(extra) or 'none'}). "
+            "data.test_source needs the same layout as data.source."
+        )
+    X = features.rename(columns=str)[list(train.feature_names)].to_numpy(dtype=np.float32)
+    raw_y = frame[target]
+    if train.task == "regression":
+        if not pd.api.types.is_numeric_dtype(raw_y):
+            raise DataError(
+                f"{path}: target column {str(target)!r} holds text; the training target is "
+                "numeric (regression). Give the test file the same target."
+            )
+        return TestRows(X, raw_y.to_numpy(dtype=np.float32), str(path))
+    codes = {label: code for code, label in enumerate(train.classes)}
+    labels = [_plain(v) for v in raw_y]
+    unseen = sorted({str(v) for v in labels if v not in codes})
+    if unseen:
+        raise DataError(
+            f"{path}: target column {str(target)!r} has label(s) {preview(unseen)} that "
+            f"data.source never has (it has {preview([str(c) for c in train.classes])}). The "
+            "model cannot predict a class it never saw: fix the labels or add such rows to the "
+            "training file."
+        )
+    return TestRows(X, np.asarray([codes[v] for v in labels], dtype=np.int64), str(path))
+
+
+def _feature_frame(frame: pd.DataFrame, target: str, where: str) -> pd.DataFrame:
+    """The feature columns, after refusing missing values anywhere and text in a feature."""
+    missing = frame.columns[frame.isna().any()].tolist()
+    if missing:
+        rows = frame.index[frame.isna().any(axis=1)].tolist()
+        raise DataError(
+            f"{where}: missing values in column(s) {', '.join(map(str, missing[:5]))} "
+            f"(first at data row {rows[0] + 1}, {len(rows)} row(s) in all). "
+            "Fill or drop them before training."
+        )
+    features = frame.drop(columns=[target])
+    text_cols = [str(c) for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
+    if text_cols:
+        raise DataError(
+            f"{where}: non-numeric feature column(s) {', '.join(text_cols[:5])}. "
+            "Encode them as numbers or drop them; only the target may hold text."
+        )
+    return features
 
 
 def _builtin(name: str) -> tuple[pd.DataFrame, str]:
@@ -192,21 +277,7 @@ def _target_column(frame: pd.DataFrame, target: str | int | None, path: Path) ->
 
 def _to_dataset(frame: pd.DataFrame, target: str, name: str, task: str, source: str) -> Dataset:
     where = source if source in BUILTINS else str(Path(source))
-    features = frame.drop(columns=[target])
-    missing = frame.columns[frame.isna().any()].tolist()
-    if missing:
-        rows = frame.index[frame.isna().any(axis=1)].tolist()
-        raise DataError(
-            f"{where}: missing values in column(s) {', '.join(map(str, missing[:5]))} "
-            f"(first at data row {rows[0] + 1}, {len(rows)} row(s) in all). "
-            "Fill or drop them before training."
-        )
-    text_cols = [str(c) for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
-    if text_cols:
-        raise DataError(
-            f"{where}: non-numeric feature column(s) {', '.join(text_cols[:5])}. "
-            "Encode them as numbers or drop them; only the target may hold text."
-        )
+    features = _feature_frame(frame, target, where)
     X = features.to_numpy(dtype=np.float32)
     raw_y = frame[target]
     task = _infer_task(raw_y) if task == "auto" else task
@@ -257,21 +328,37 @@ def _infer_task(y: pd.Series) -> Task:
 
 
 def split(data: Dataset, params: SplitParams, *, seed: int) -> Splits:
-    """Seeded train/val/test split, stratified for classification; `reuse_all` for tiny sets."""
+    """Seeded train/val/test split, stratified for classification; `reuse_all` for tiny sets.
+
+    With a separate test file (`data.test`), its rows are the test split and the training
+    file is split into train and validation only (test_fraction does not apply).
+    """
+    from_file = data.test is not None
     if params.policy == "reuse_all":
+        if from_file:
+            raise DataError(
+                f"{data.name}: split.policy reuse_all uses the same rows for train, val and test, "
+                "which contradicts a separate data.test_source. Use split.policy: holdout."
+            )
         X, y = data.X, data.y
         return Splits(X, y, X, y, X, y, policy="reuse_all")
     from sklearn.model_selection import train_test_split
 
     n = len(data.y)
-    n_test = max(1, round(n * params.test_fraction))
+    n_test = 0 if from_file else max(1, round(n * params.test_fraction))
     n_val = max(1, round(n * params.val_fraction))
     strat = params.stratify and data.task == "classification"
     per_split = data.n_classes if strat else 1  # a stratified split needs each class in each part
-    if min(n_test, n_val, n - n_test - n_val) < per_split:
+    parts = (n_val, n - n_test - n_val) if from_file else (n_test, n_val, n - n_test - n_val)
+    if min(parts) < per_split:
+        asked = (
+            f"val_fraction={params.val_fraction} (test rows from data.test_source)"
+            if from_file
+            else f"val_fraction={params.val_fraction} and test_fraction={params.test_fraction}"
+        )
+        kind = "train/val" if from_file else "train/val/test"
         raise DataError(
-            f"{data.name}: {n} rows are too few for a train/val/test split with "
-            f"val_fraction={params.val_fraction} and test_fraction={params.test_fraction}"
+            f"{data.name}: {n} rows are too few for a {kind} split with {asked}"
             f"{f' over {data.n_classes} classes' if strat else ''}. Add rows, or for a tiny "
             "demo set use split.policy: reuse_all."
         )
@@ -284,9 +371,16 @@ def split(data: Dataset, params: SplitParams, *, seed: int) -> Splits:
                 "at least 3 per class. Add rows, or set split.stratify: false."
             )
     try:
-        X_rest, X_test, y_rest, y_test = train_test_split(
-            data.X, data.y, test_size=n_test, random_state=seed, stratify=data.y if strat else None
-        )
+        if data.test is not None:
+            X_rest, y_rest, X_test, y_test = data.X, data.y, data.test.X, data.test.y
+        else:
+            X_rest, X_test, y_rest, y_test = train_test_split(
+                data.X,
+                data.y,
+                test_size=n_test,
+                random_state=seed,
+                stratify=data.y if strat else None,
+            )
         X_train, X_val, y_train, y_val = train_test_split(
             X_rest, y_rest, test_size=n_val, random_state=seed, stratify=y_rest if strat else None
         )

@@ -145,3 +145,64 @@ def test_features_from_frame_by_name_or_position():
     assert data.features_from_frame(positional, ("a", "b")).tolist() == [[1.0, 2.0]]
     with pytest.raises(DataError, match="missing feature column"):
         data.features_from_frame(pd.DataFrame({"a": [1.0]}), ("a", "b"))
+
+
+def train_test_pair(tmp_path, train_labels, test_labels, test_header="a,b,Species"):
+    """Two CSVs in the Iris layout (text labels last); features encode the row number."""
+    train = "a,b,Species\n" + "".join(
+        f"{i},{i * 2},{label}\n" for i, label in enumerate(train_labels)
+    )
+    test = f"{test_header}\n" + "".join(
+        f"{100 + i},{-i},{label}\n" for i, label in enumerate(test_labels)
+    )
+    return csv(tmp_path, train, "train.csv"), csv(tmp_path, test, "test.csv")
+
+
+def test_a_test_file_is_the_test_split_and_its_labels_get_the_training_codes(tmp_path):
+    # Training classes sort as (cat, dog, eel); the test file only has dog and eel, in an order
+    # of its own, so codes made from the test file alone would differ (dog=0, eel=1).
+    labels = ["cat", "dog", "eel"] * 6
+    train, test = train_test_pair(tmp_path, labels, ["eel", "dog", "eel", "dog"])
+    ds = data.load(DataParams(source=train, test_source=test))
+    assert ds.classes == ("cat", "dog", "eel")
+    assert ds.test.y.tolist() == [2, 1, 2, 1]
+    parts = data.split(ds, SplitParams(val_fraction=0.2, test_fraction=0.5), seed=0)
+    assert parts.X_test[:, 0].tolist() == [100, 101, 102, 103]  # the file's rows, in order
+    assert len(parts.y_train) + len(parts.y_val) == 18  # all training rows; test_fraction unused
+    assert len(parts.y_val) == 4 and np.bincount(parts.y_val).min() >= 1  # stratified
+    assert parts.X_train[:, 0].max() < 100 and parts.X_val[:, 0].max() < 100
+
+
+def test_a_test_file_with_columns_in_another_order_is_reordered(tmp_path):
+    train, _ = train_test_pair(tmp_path, ["x", "y"] * 5, [])
+    test = csv(tmp_path, "Species,b,a\nx,20,10\ny,40,30\n", "test.csv")
+    ds = data.load(DataParams(source=train, test_source=test))
+    assert ds.test.X.tolist() == [[10, 20], [30, 40]] and ds.test.y.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("test_text", "needle"),
+    [
+        ("a,b,Species\n1,2,cat\n3,4,wolf\n", "label(s) wolf that data.source never has"),
+        ("a,c,Species\n1,2,cat\n", "feature columns differ"),
+        ("a,b,Kind\n1,2,cat\n", "target column 'Species' not found"),
+        ("a,b,Species\n1,,cat\n", "missing values"),
+    ],
+    ids=["unseen-label", "other-columns", "no-target", "missing"],
+)
+def test_a_bad_test_file_is_a_clear_error_naming_it(tmp_path, test_text, needle):
+    train, _ = train_test_pair(tmp_path, ["cat", "dog"] * 5, [])
+    test = csv(tmp_path, test_text, "holdout.csv")
+    with pytest.raises(DataError) as err:
+        data.load(DataParams(source=train, target="Species", test_source=test))
+    assert needle in str(err.value) and "holdout.csv" in str(err.value)
+
+
+def test_a_test_file_needs_a_csv_source_and_a_holdout_split(tmp_path):
+    _, test = train_test_pair(tmp_path, [], ["setosa"])
+    with pytest.raises(DataError, match="not the built-in 'iris'"):
+        data.load(DataParams(source="iris", test_source=test))
+    train, test = train_test_pair(tmp_path, ["a", "b"] * 5, ["a"])
+    ds = data.load(DataParams(source=train, test_source=test))
+    with pytest.raises(DataError, match="reuse_all"):
+        data.split(ds, SplitParams(policy="reuse_all"), seed=0)

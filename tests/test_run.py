@@ -49,6 +49,7 @@ def test_cli_flags_become_params(workdir):
         (["--set", "model.dropoutt=0.1"], "Did you mean 'model.dropout'"),
         (["-p", "missing.yaml"], "missing.yaml"),
         (["--set", "data.source=nothere.csv"], "nothere.csv: file not found"),
+        (["--set", "data.test_source=held.csv"], "not the built-in 'digits'"),
     ],
 )
 def test_bad_input_exits_non_zero_with_a_message_and_writes_nothing(workdir, capsys, argv, needle):
@@ -63,6 +64,17 @@ def test_bad_csv_names_the_column(workdir, capsys):
     code = run.main(["train", "--set", f"data.source={workdir / 'bad.csv'}"])
     err = capsys.readouterr().err
     assert code == 2 and "bad.csv" in err and "column(s) b" in err
+
+
+def test_a_test_file_with_an_unseen_label_stops_before_any_run(workdir, capsys):
+    rows = "".join(f"{i},{i % 3},{'abc'[i % 2]}\n" for i in range(12))
+    (workdir / "train.csv").write_text("x,z,label\n" + rows)
+    (workdir / "test.csv").write_text("x,z,label\n1,2,a\n3,4,q\n")
+    flags = ["--set", "data.source=train.csv", "--set", "data.test_source=test.csv"]
+    code = run.main(["search", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and "test.csv" in err and "'label'" in err and "q" in err
+    assert "Traceback" not in err and not (workdir / "mlruns").exists()
 
 
 def test_help_is_answered(capsys):
