@@ -414,7 +414,10 @@ class SearchStudy:
         import optuna.visualization as vis
 
         study, target = self._study, str(self.attr("metric") or self._params.metric)
-        keys = list(self._params.space)
+        # The study's own params (in search.space order), so a report run with other params
+        # still draws what the study searched.
+        seen = {k for t in complete for k in t.params}
+        keys = [k for k in self._params.space if k in seen] + sorted(seen - set(self._params.space))
         ranked = list(self.importances()) or keys
         makers: dict[str, Callable[[], Figure]] = {
             "optimization history": lambda: vis.plot_optimization_history(

@@ -127,6 +127,8 @@ def main(args: argparse.Namespace) -> int:
             if image is not None:
                 sections.append((head, report.png_html(image, head)))
         args.html.parent.mkdir(parents=True, exist_ok=True)
-        args.html.write_text(report.html_page(title, sections))
+        partial = args.html.with_name(args.html.name + ".partial")
+        partial.write_text(report.html_page(title, sections))
+        partial.replace(args.html)  # whole or not at all
         print(f"page written to {args.html}")
     return 0
