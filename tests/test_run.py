@@ -77,6 +77,57 @@ def test_a_test_file_with_an_unseen_label_stops_before_any_run(workdir, capsys):
     assert "Traceback" not in err and not (workdir / "mlruns").exists()
 
 
+def write_digit_pair(workdir: Path) -> None:
+    """A tiny train/test pair in the Digit Recognizer layout (label first), text labels, noisy
+    enough that a test split cut from the training file would score differently."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for name, n in (("train.csv", 150), ("test.csv", 37)):
+        y = rng.integers(0, 3, n)
+        X = rng.normal(size=(n, 4)) * 1.2 + y[:, None]
+        lines = ["label," + ",".join(f"pixel{i}" for i in range(4))]
+        lines += [
+            f"{('cat', 'dog', 'eel')[c]}," + ",".join(f"{v:.3f}" for v in row)
+            for c, row in zip(y, X, strict=True)
+        ]
+        (workdir / name).write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.slow
+def test_train_with_a_test_file_scores_exactly_that_file(workdir, store_uri, capsys):
+    """The test metrics are the test file's: predicting the raw file with the logged model
+    gives the logged test accuracy, over the file's 37 rows, with text labels back."""
+    import re
+
+    import mlflow
+
+    write_digit_pair(workdir)
+    flags = ["-p", str(REPO / "params" / "mnist.yaml"), "--tracking-uri", store_uri]
+    flags += ["--set", "data.source=train.csv", "--set", "data.test_source=test.csv"]
+    flags += ["--set", "model.hidden=[16]", "--set", "train.epochs=15"]
+    flags += ["--set", "train.batch_size=16"]
+    assert run.main(["train", *flags]) == 0
+    out = capsys.readouterr().out
+    run_id, model_uri = re.search(r"run (\w+) .*model: (\S+)", out).groups()
+    client = mlflow.MlflowClient(store_uri)
+    logged = client.get_run(run_id).data
+    assert logged.params["data.test_source"] == "test.csv"
+    report = client.download_artifacts(run_id, "classification_report.txt", str(workdir))
+    assert Path(report).read_text().split()[-1] == "37"  # support: every test-file row, no other
+    argv = ["predict", "--model", model_uri, "--data", "test.csv", "--out", "pred.csv"]
+    assert run.main([*argv, "--tracking-uri", store_uri]) == 0
+    acc = float(
+        re.search(
+            r"accuracy against column 'label': ([0-9.]+) \(37 rows\)", capsys.readouterr().err
+        ).group(1)
+    )
+    assert acc == pytest.approx(logged.metrics["test_accuracy"], abs=1e-4)
+    import pandas as pd
+
+    assert set(pd.read_csv(workdir / "pred.csv")["prediction"]) <= {"cat", "dog", "eel"}
+
+
 def test_help_is_answered(capsys):
     with pytest.raises(SystemExit) as stop:
         run.main(["--help"])
