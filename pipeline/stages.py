@@ -144,7 +144,8 @@ def score(result: TrainResult, prep: Prepared, split: str) -> dict[str, float]:
 
 
 def log_dataset(tracker: Tracker, run_id: str, params: config.Params, prep: Prepared) -> None:
-    """The whole data set (raw features and labels) as the run's MLflow dataset input."""
+    """The whole data set (raw features and labels) as the run's MLflow dataset input; a
+    separate test file (data.test_source) as a second input, in context `test`."""
     ds = prep.dataset
     tracker.log_dataset(
         run_id,
@@ -153,6 +154,15 @@ def log_dataset(tracker: Tracker, run_id: str, params: config.Params, prep: Prep
         source=params.data.source,
         target=ds.target_name,
     )
+    if ds.test is not None:
+        tracker.log_dataset(
+            run_id,
+            frame(prep, ds.test.X, ds.test.y),
+            name=f"{ds.name}-test",
+            source=ds.test.source,
+            target=ds.target_name,
+            context="test",
+        )
 
 
 def log_training(

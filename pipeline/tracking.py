@@ -288,13 +288,23 @@ class Tracker:
     def log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, text, name)
 
-    def log_dataset(self, run_id: str, frame: Any, *, name: str, source: str, target: str) -> None:
-        """The training data as an MLflow dataset input (name, digest, schema, source)."""
+    def log_dataset(
+        self,
+        run_id: str,
+        frame: Any,
+        *,
+        name: str,
+        source: str,
+        target: str,
+        context: str = "training",
+    ) -> None:
+        """Data as an MLflow dataset input (name, digest, schema, source); `context` says what
+        it was used for (training, or test for a separate test file)."""
         import mlflow.data
         from mlflow.entities import DatasetInput, InputTag
 
         ds = mlflow.data.from_pandas(frame, source=source, name=name, targets=target)
-        tags = [InputTag("mlflow.data.context", "training")]
+        tags = [InputTag("mlflow.data.context", context)]
         self.client.log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags)])
 
     # -- models ---------------------------------------------------------------------------

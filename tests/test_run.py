@@ -113,6 +113,9 @@ def test_train_with_a_test_file_scores_exactly_that_file(workdir, store_uri, cap
     client = mlflow.MlflowClient(store_uri)
     logged = client.get_run(run_id).data
     assert logged.params["data.test_source"] == "test.csv"
+    inputs = client.get_run(run_id).inputs.dataset_inputs
+    contexts = {i.dataset.name: {t.key: t.value for t in i.tags} for i in inputs}
+    assert contexts["train-test"]["mlflow.data.context"] == "test"  # the test file's provenance
     report = client.download_artifacts(run_id, "classification_report.txt", str(workdir))
     assert Path(report).read_text().split()[-1] == "37"  # support: every test-file row, no other
     argv = ["predict", "--model", model_uri, "--data", "test.csv", "--out", "pred.csv"]
