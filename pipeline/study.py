@@ -353,9 +353,16 @@ class TrackedStudy:
                 except BaseException as exc:
                     interrupted = isinstance(exc, KeyboardInterrupt)
                     reason = INTERRUPTED if interrupted else f"{type(exc).__name__}: {exc}"
-                    self.tracker.set_tags(run_id, {STATE_TAG: "FAIL"})
-                    self.study.tell_failed(trial, reason)
-                    told = True
+                    try:
+                        self.tracker.set_tags(run_id, {STATE_TAG: "FAIL"})
+                        self.study.tell_failed(trial, reason)
+                        told = True
+                    except Exception as failed:  # noqa: BLE001 - never mask the original error
+                        # (e.g. Ctrl-C landed inside a storage write): reconcile() settles it.
+                        told = True
+                        log.warning(
+                            "trial %d: could not record its failure: %s", trial.number, failed
+                        )
                     raise
         except Exception as exc:  # recorded above, or below if the run never started
             if not told:

@@ -223,3 +223,35 @@ def test_a_val_f1_search_prunes_a_trial_that_learns_nothing(workdir):
     assert len(good.intermediate_values) == 8 and 4 <= len(bad.intermediate_values) < 8
     run = tracker.client.get_run(bad.user_attrs[search.RUN_ATTR])
     assert run.data.tags["pruned_at_epoch"] == str(len(bad.intermediate_values))
+
+
+def test_ctrl_c_is_not_masked_when_recording_the_trial_fails(workdir, monkeypatch):
+    """Ctrl-C can land inside a storage write, so recording the interrupted trial may fail
+    too; the interrupt must still end the search (exit 130), not pass as a failed trial."""
+    from study_worker import study_params
+
+    from pipeline import stages
+    from pipeline.study import TrackedStudy
+    from pipeline.tracking import Tracker
+
+    params = study_params(workdir, N_TRIALS)
+    prep = stages.prepare(params)
+
+    def interrupted(p, run_id, on_epoch):  # noqa: ANN001, ANN202
+        raise KeyboardInterrupt
+
+    def broken_store(self, trial, reason):  # noqa: ANN001, ANN202
+        raise FileNotFoundError("journal lock vanished")
+
+    monkeypatch.setattr(search.SearchStudy, "tell_failed", broken_store)
+    tracked = TrackedStudy.open(
+        params,
+        prep,
+        Tracker(params.tracking.uri, "stub"),
+        name="stub",
+        storage=search.make_storage(str(workdir / "journal.log")),
+        storage_display="test",
+        trainer=interrupted,
+    )
+    with pytest.raises(KeyboardInterrupt):
+        tracked.run_trials()
