@@ -26,7 +26,7 @@ MISSION_KEYS = (
 
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A temporary cwd with its own sqlite tracking store URI in PIPELINE_TEST_URI."""
+    """A temporary directory made the cwd, so the default store (`./mlruns/`) lands in it."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -85,3 +85,55 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# -- the fault-injection suite's closing line ------------------------------------------------
+# Tests marked `faults` report what each scenario left behind through `fault_audit`; the closing
+# line sums what the tests that actually ran reported (so a failing scenario shows its count).
+
+_FAULTS: dict[str, int] = {"scenarios": 0, "lost": 0, "running": 0, "leaked": 0}
+_FAULT_TESTS: set[str] = set()
+
+
+class FaultAudit:
+    """What one fault scenario left behind: trials lost (trained without a matching run, or a
+    run without its trial), runs still RUNNING, secrets leaked. Record, then assert zero."""
+
+    def __init__(self, nodeid: str) -> None:
+        self.nodeid = nodeid
+
+    def record(self, *, lost: int = 0, running: int = 0, leaked: int = 0) -> None:
+        _FAULT_TESTS.add(self.nodeid)
+        _FAULTS["lost"] += lost
+        _FAULTS["running"] += running
+        _FAULTS["leaked"] += leaked
+
+    def running_runs(self, store_uri: str) -> list[str]:
+        """Names of the runs still RUNNING in every experiment of a store; recorded."""
+        import mlflow
+
+        client = mlflow.MlflowClient(store_uri)
+        ids = [e.experiment_id for e in client.search_experiments()]
+        runs = client.search_runs(ids, "attributes.status = 'RUNNING'") if ids else []
+        names = [r.info.run_name for r in runs]
+        self.record(running=len(names))
+        return names
+
+
+@pytest.fixture
+def fault_audit(request: pytest.FixtureRequest) -> FaultAudit:
+    return FaultAudit(request.node.nodeid)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and report.passed and "faults" in report.keywords:
+        _FAULTS["scenarios"] += 1
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest's reporter
+    if _FAULTS["scenarios"] or _FAULT_TESTS:
+        f = _FAULTS
+        terminalreporter.write_line(
+            f"faults: {f['scenarios']} scenarios passed, {f['lost']} lost trials, "
+            f"{f['running']} RUNNING, {f['leaked']} leaked"
+        )
