@@ -22,6 +22,8 @@ from pipeline.errors import DataError
 Task = Literal["classification", "regression"]
 BUILTINS = ("digits", "iris", "breast_cancer", "wine", "xor")
 _MAX_CLASSES_FOR_AUTO = 50
+# Features travel as float32 (Keras); anything beyond its range becomes inf, and MinMax then NaN.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,7 @@ def load_test_rows(params: DataParams, train: Dataset) -> TestRows:
                 f"{path}: target column {str(target)!r} holds text; the training target is "
                 "numeric (regression). Give the test file the same target."
             )
+        check_finite(frame[[target]], str(path))
         return TestRows(X, raw_y.to_numpy(dtype=np.float32), str(path))
     codes = {label: code for code, label in enumerate(train.classes)}
     labels = [_plain(v) for v in raw_y]
@@ -189,6 +192,7 @@ def _feature_frame(frame: pd.DataFrame, target: str, where: str) -> pd.DataFrame
             f"{where}: non-numeric feature column(s) {', '.join(text_cols[:5])}. "
             "Encode them as numbers or drop them; only the target may hold text."
         )
+    check_finite(features, where)
     return features
 
 
@@ -287,6 +291,7 @@ def _to_dataset(frame: pd.DataFrame, target: str, name: str, task: str, source: 
                 f"{where}: target column {target!r} holds text but data.task is regression. "
                 "Use task: classification or a numeric target."
             )
+        check_finite(frame[[target]], where)
         y = raw_y.to_numpy(dtype=np.float32)
         classes: tuple = ()
     else:
@@ -309,6 +314,29 @@ def _to_dataset(frame: pd.DataFrame, target: str, name: str, task: str, source: 
     )
 
 
+def check_finite(columns: pd.DataFrame, where: str) -> None:
+    """Refuse inf, -inf and values beyond float32's range in numeric columns, naming them.
+
+    Such a value would reach training as inf, and MinMax scaling turns inf into NaN, so the
+    run would die later as a diverged training instead of a clear data error now.
+    """
+    values = columns.to_numpy(dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        bad = np.isinf(values) | (np.abs(values) > _FLOAT32_MAX)
+    if not bad.any():
+        return
+    cols = [str(c) for c, hit in zip(columns.columns, bad.any(axis=0), strict=True) if hit]
+    row, col = np.argwhere(bad)[0]
+    prefix = f"{where}: " if where else ""
+    raise DataError(
+        f"{prefix}column(s) {', '.join(cols[:5])} hold infinite or too large values "
+        f"(first: {float(values[row, col])} in column {str(columns.columns[col])!r} at data row "
+        f"{row + 1}, {int(bad.any(axis=1).sum())} row(s) in all); numbers must be finite and "
+        f"below {_FLOAT32_MAX:.3g} in magnitude (float32). Replace or drop those values, or "
+        "rescale the column (e.g. take its log), and run again."
+    )
+
+
 def _plain(value: object) -> object:
     """numpy scalars -> Python scalars, so labels serialize to JSON and YAML cleanly."""
     return value.item() if hasattr(value, "item") else value
@@ -318,7 +346,8 @@ def _infer_task(y: pd.Series) -> Task:
     if not pd.api.types.is_numeric_dtype(y):
         return "classification"
     values = y.to_numpy(dtype=np.float64)
-    integral = np.all(np.mod(values, 1) == 0)
+    with np.errstate(invalid="ignore"):  # inf has no remainder; check_finite refuses it
+        integral = np.all(np.mod(values, 1) == 0)
     if integral and y.nunique() <= _MAX_CLASSES_FOR_AUTO:
         return "classification"
     return "regression"
@@ -444,4 +473,5 @@ def features_from_frame(frame: pd.DataFrame, feature_names: tuple[str, ...]) -> 
         )
     if sub.isna().any().any():
         raise DataError("missing values in feature columns; fill or drop those rows first.")
+    check_finite(sub, "")
     return sub.to_numpy(dtype=np.float32)

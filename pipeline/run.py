@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import logging
 import os
@@ -21,6 +22,8 @@ from pipeline.commands.common import load_params
 from pipeline.errors import PipelineError
 
 COMMANDS = ("search", "train", "predict", "report", "ui")
+# A full, read-only or forbidden disk is the user's to fix, not a bug: one paragraph, exit 2.
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 __all__ = ["build_parser", "load_params", "main", "parse_args"]
 
@@ -81,6 +84,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRNOS:
+            raise
+        print(
+            f"error: cannot write {exc.filename or 'a file the command needs'}: {exc.strerror}. "
+            "Free some space or make that folder writable (or point --tracking-uri / --storage "
+            "elsewhere), then run the same command again; what was written before is kept.",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print("\ninterrupted: runs ended KILLED.", file=sys.stderr)
         return 130

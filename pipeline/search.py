@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -153,6 +154,35 @@ def _pg_advisory_lock(url: str, name: str) -> Iterator[None]:
         engine.dispose()
 
 
+def _journal_backend(path: str) -> optuna.storages.journal.BaseJournalBackend:
+    """Optuna's journal file, except that an append the disk refuses is undone.
+
+    Optuna appends each record with one write; on a full disk that write can land in part,
+    and the next append then glues a full record onto the partial one, so the journal no
+    longer parses. Here the file is cut back to its old length (under the journal's own lock)
+    before the error propagates, so a study survives a full disk and resumes once there is room.
+    """
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.storages.journal._file import get_lock_file
+
+    class _AtomicAppendFile(JournalFileBackend):
+        def append_logs(self, logs: list[dict[str, Any]]) -> None:
+            with get_lock_file(self._lock):
+                before = os.path.getsize(self._file_path)
+                text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in logs)
+                try:
+                    with open(self._file_path, "ab") as f:
+                        f.write(text.encode("utf-8"))
+                        f.flush()
+                        os.fsync(f.fileno())
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.truncate(self._file_path, before)
+                    raise
+
+    return _AtomicAppendFile(path)
+
+
 def make_storage(url: str | None) -> Storage:
     """A journal file (path or None) for one machine, or an RDB URL (PostgreSQL) for many.
 
@@ -169,10 +199,10 @@ def make_storage(url: str | None) -> Storage:
             return Storage(url, GrpcStorageProxy(host=host, port=int(port)))
     if url is None or not _is_url(url):
         path = url or default_storage()
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
+        from optuna.storages.journal import JournalStorage
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return Storage(str(Path(path).resolve()), JournalStorage(JournalFileBackend(path)))
+        return Storage(str(Path(path).resolve()), JournalStorage(_journal_backend(path)))
     from optuna.storages import RDBStorage
 
     from pipeline.tracking import mask_secret  # string helper only, no MLflow import
@@ -454,6 +484,21 @@ class SearchStudy:
         finally:
             optuna.logging.set_verbosity(verbosity)
         return out
+
+    def failure_summary(self, limit: int = 5) -> str:
+        """The failed trials' reasons, most frequent first, as one sentence for an error
+        message: ` Failed trials: 3 x "ValueError: ..."; 1 x "MemoryError: ...".`"""
+        reasons: dict[str, int] = {}
+        for t in self._trials(TrialState.FAIL):
+            reason = str(t.user_attrs.get(REASON_ATTR, "no reason recorded"))
+            if reason != SURPLUS:
+                reasons[reason] = reasons.get(reason, 0) + 1
+        if not reasons:
+            return ""
+        ranked = sorted(reasons.items(), key=lambda kv: -kv[1])
+        shown = "; ".join(f"{n} x {r[:300]!r}" for r, n in ranked[:limit])
+        more = f"; and {len(ranked) - limit} other reason(s)" if len(ranked) > limit else ""
+        return f" Failed trials: {shown}{more}."
 
     def others_running(self) -> bool:
         """True if a live worker (not this process) still has a trial running."""

@@ -394,6 +394,7 @@ class TrackedStudy:
                 raise PipelineError(
                     f"study {self.name!r}: no trial completed (see the failed trials' `error` "
                     "tags in MLflow); nothing to evaluate or register."
+                    + self.study.failure_summary()  # issue 8: say why, not only that
                 )
             record = ChampionRecord.from_attr(self.study.attr(CHAMPION_ATTR))
             if record and record.trial == best.number and self.tracker.exists(record.run_id):

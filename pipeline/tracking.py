@@ -8,11 +8,13 @@ FAILED (with the reason as a tag) or KILLED (Ctrl-C / SIGTERM) - never left RUNN
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HOME = Path("mlruns")
 PARENT_TAG = "mlflow.parentRunId"
+WORKER_TAG = "pipeline.worker"  # host:pid of the process that created the run
 _VERSIONED = ("tensorflow", "keras", "mlflow", "optuna", "pandas", "scikit-learn", "numpy")
 _MAX_PARAM_LEN = 6000
 
@@ -39,6 +42,107 @@ def mask_secret(uri: str) -> str:
     """Hide the password of a URL, both `user:pw@host` and `?password=pw` forms."""
     masked = re.sub(r"(://[^:/@]+):[^@/]+@", r"\1:***@", uri)
     return re.sub(r"(?i)([?&](?:password|pwd|pass)=)[^&]+", r"\1***", masked)
+
+
+# -- store failures -----------------------------------------------------------------------------
+# A full or read-only disk and an unreachable server are not bugs: they become one TrackingError
+# naming the store, the operation and the path, instead of MLflow's or SQLite's traceback.
+
+_OS_REASONS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+_TEXT_REASONS = (  # (fragment of the driver's message, lower case) -> reason
+    ("database or disk is full", "the disk is full"),
+    ("no space left on device", "the disk is full"),
+    ("readonly database", "the store is read-only"),
+    ("read-only file system", "the file system is read-only"),
+    ("unable to open database file", "the database file cannot be opened"),
+    ("disk i/o error", "a disk I/O error"),
+    ("max retries exceeded", "the tracking server is unreachable"),
+    ("connection refused", "the tracking server is unreachable"),
+    ("failed to establish a new connection", "the tracking server is unreachable"),
+    ("remotedisconnected", "the tracking server closed the connection"),
+    ("connection aborted", "the tracking server closed the connection"),
+    ("read timed out", "the tracking server did not answer in time"),
+    ("server closed the connection unexpectedly", "the database connection was lost"),
+    ("terminating connection due to administrator command", "the database connection was lost"),
+    ("connection to server at", "the database server is unreachable"),
+)
+
+
+def store_failure(exc: BaseException) -> tuple[str, str | None] | None:
+    """(reason, path or None) if `exc` (or its cause) is a store-environment failure: a full
+    or read-only disk, an unreachable server, a lost database connection. None otherwise."""
+    seen: set[int] = set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        if isinstance(node, OSError) and node.errno in _OS_REASONS:
+            return _OS_REASONS[node.errno], node.filename
+        text = f"{type(node).__name__}: {node}".lower()
+        for fragment, reason in _TEXT_REASONS:
+            if fragment in text:
+                return reason, None
+        node = node.__cause__ or node.__context__
+    return None
+
+
+def _advice(reason: str) -> str:
+    if "unreachable" in reason or "connection" in reason or "answer" in reason:
+        return (
+            "Check that the server is up and reachable, then run the same command again "
+            "(a search resumes where it stopped)."
+        )
+    return (
+        "Free some space or make it writable (or point --tracking-uri elsewhere), then run the "
+        "same command again: the store is unchanged by the failed write, and the next start "
+        "closes any run this one could not."
+    )
+
+
+class _GuardedClient:
+    """An MlflowClient whose store-environment failures become TrackingError (see above);
+    every other exception (not found, already exists...) passes through unchanged."""
+
+    def __init__(self, client: Any, display_uri: str, path: str | None) -> None:
+        self._client = client
+        self._display_uri = display_uri
+        self._path = path
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with guard(self._display_uri, name, self._path):
+                return attr(*args, **kwargs)
+
+        return call
+
+
+@contextmanager
+def guard(display_uri: str, what: str, path: str | None = None) -> Iterator[None]:
+    """Turn a store-environment failure inside the block into one TrackingError."""
+    try:
+        yield
+    except TrackingError:
+        raise
+    except Exception as exc:
+        found = store_failure(exc)
+        if found is None:
+            raise
+        reason, where = found
+        where = where or path
+        at = f" at {where}" if where else ""
+        raise TrackingError(
+            f"tracking store {display_uri}: {what} failed: {reason}{at}. {_advice(reason)}"
+        ) from None
 
 
 def default_uri(home: Path = DEFAULT_HOME) -> str:
@@ -116,11 +220,16 @@ class Tracker:
             )
         self.display_uri = mask_secret(self.uri)
         mlflow.set_tracking_uri(self.uri)  # for the model-logging calls that need it
+        # MLflow logs SQLite errors with a traceback before raising them; guard() reports them.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         self.experiment_name = experiment
+        self._db_path = self.uri[len("sqlite:///") :] if self.uri.startswith("sqlite:///") else None
         # Several processes opening a fresh SQLite store at once race on MLflow's schema
         # migration ("duplicate column name"); the first one creates it while the rest wait.
-        with _store_lock(self.uri):
-            self.client = MlflowClient(tracking_uri=self.uri)
+        with guard(self.display_uri, "opening the store", self._db_path), _store_lock(self.uri):
+            self.client = _GuardedClient(
+                MlflowClient(tracking_uri=self.uri), self.display_uri, self._db_path
+            )
             self.experiment_id = self._experiment(experiment)
 
     def _experiment(self, name: str) -> str:
@@ -135,6 +244,8 @@ class Tracker:
                 artifact_location=_artifact_root(self.uri),
                 tags={"mlflow.experimentKind": "custom_model_development"},
             )
+        except TrackingError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any store failure becomes one clear message
             code = getattr(exc, "error_code", "")
             if "RESOURCE_ALREADY_EXISTS" in f"{code} {exc}":  # another process created it
@@ -153,6 +264,7 @@ class Tracker:
         """Create a RUNNING run and return its id; the caller ends it (or `run(resume_id=...)`
         does). Used where a run must be created under a lock, such as a study's parent."""
         all_tags = {**environment_tags(), **(tags or {})}  # a copy: the cache stays intact
+        all_tags[WORKER_TAG] = f"{socket.gethostname()}:{os.getpid()}"
         if parent_id:
             all_tags[PARENT_TAG] = parent_id
         return self.client.create_run(self.experiment_id, run_name=name, tags=all_tags).info.run_id
@@ -168,31 +280,63 @@ class Tracker:
     ) -> Iterator[str]:
         """Create (or with `resume_id`, reopen) a run, yield its id, and always end it with an
         explicit status: success or a pruned trial -> FINISHED; Ctrl-C/SIGTERM -> KILLED;
-        anything else -> FAILED with the reason in the `error` tag. The exception propagates.
+        anything else -> FAILED with the reason in the `error` tag. The exception propagates,
+        and a store that cannot record the end (disk full, server gone) never masks it: the
+        run is then left for the next start to close (`close_dead_runs`, study reconciliation).
         """
         if resume_id:
             self.client.update_run(resume_id, status="RUNNING")
             run_id = resume_id
         else:
             run_id = self.create_run(name, parent_id=parent_id, tags=tags)
-        status = "FAILED"
         try:
             yield run_id
-            status = "FINISHED"
         except TrialPruned:
-            status = "FINISHED"
+            self._close_after(run_id, "FINISHED")
             raise
         except KeyboardInterrupt:
-            status = "KILLED"
+            self._close_after(run_id, "KILLED")
             raise
         except BaseException as exc:
-            self.set_tags(run_id, {"error": f"{type(exc).__name__}: {exc}"[:5000]})
+            self._close_after(run_id, "FAILED", f"{type(exc).__name__}: {exc}")
             raise
-        finally:
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def _close_after(self, run_id: str, status: str, error: str | None = None) -> None:
+        """End a run while an exception propagates; a store failure here is only logged."""
+        try:
+            if error is not None:
+                self.set_tags(run_id, {"error": mask_secret(error)[:5000]})
             self.client.set_terminated(run_id, status)
+        except TrackingError as exc:
+            log.warning("run %s could not be marked %s: %s", run_id, status, exc)
 
     def end_run(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status)
+
+    def close_dead_runs(self) -> int:
+        """Close `train` and `champion` runs left RUNNING by a process of this host that is
+        gone (SIGKILL, power loss, or a full disk that refused the run's end); returns how many.
+
+        Trial and study runs are the study's to settle (pipeline.study reconciles them with
+        their Optuna trials); runs of other hosts are left alone (their pid means nothing here).
+        """
+        host = socket.gethostname()
+        found = self.runs(f"attributes.status = 'RUNNING' and tags.`{WORKER_TAG}` LIKE '{host}:%'")
+        closed = 0
+        for r in found:
+            tags = r.data.tags
+            pid = tags.get(WORKER_TAG, "").rpartition(":")[2]
+            if tags.get("pipeline.kind") not in ("train", "champion") or not pid.isdigit():
+                continue
+            if _pid_alive(int(pid)):
+                continue
+            error = f"process {pid} ended without closing this run (killed, or its store failed)"
+            self.set_tags(r.info.run_id, {"error": error})
+            self.client.set_terminated(r.info.run_id, "FAILED")
+            log.warning("closed run %s: process %s left it RUNNING", r.info.run_id, pid)
+            closed += 1
+        return closed
 
     def exists(self, run_id: str | None) -> bool:
         """True if the run is in this store and experiment (a resumed study's parent)."""
@@ -200,6 +344,8 @@ class Tracker:
             return False
         try:
             run = self.client.get_run(run_id)
+        except TrackingError:
+            raise  # the store is unreachable: "no such run" would elect a second parent
         except Exception:  # noqa: BLE001 - MLflow raises its own not-found exception
             return False
         return run.info.experiment_id == self.experiment_id
@@ -218,6 +364,8 @@ class Tracker:
         got that far (its worker died before the end of training and logging)."""
         try:
             tags = self.client.get_run(run_id).data.tags
+        except TrackingError:
+            raise
         except Exception:  # noqa: BLE001 - MLflow raises its own not-found exception
             return None
         state = tags.get("optuna.state")
@@ -250,12 +398,16 @@ class Tracker:
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        # Every text that reaches the store passes mask_secret: a storage URL in a tag or an
+        # error message never carries its password into MLflow.
+        self.client.log_batch(
+            run_id, tags=[RunTag(k, mask_secret(str(v))) for k, v in tags.items()]
+        )
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, _param_text(v)) for k, v in sorted(params.items())]
+        items = [Param(k, mask_secret(_param_text(v))) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i : i + 100])
 
@@ -286,7 +438,7 @@ class Tracker:
         self.client.log_figure(run_id, figure, name)
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
-        self.client.log_text(run_id, text, name)
+        self.client.log_text(run_id, mask_secret(text), name)
 
     def log_dataset(
         self,
@@ -326,7 +478,10 @@ class Tracker:
         import mlflow
         from mlflow.models import infer_signature
 
-        with tempfile.TemporaryDirectory() as tmp:
+        with (
+            guard(self.display_uri, "logging the model", self._db_path),
+            tempfile.TemporaryDirectory() as tmp,
+        ):
             meta = Path(tmp) / "preprocess.json"
             meta.write_text(json.dumps(dict(preprocess)))
             wrapper = ServingModel()
@@ -348,7 +503,8 @@ class Tracker:
             self.client.update_run(run_id, status="RUNNING")
         version = None
         if register_as:
-            mv = mlflow.register_model(info.model_uri, register_as)
+            with guard(self.display_uri, "registering the model", self._db_path):
+                mv = mlflow.register_model(info.model_uri, register_as)
             version = str(mv.version)
             self.client.set_registered_model_alias(register_as, "champion", version)
         return info.model_uri, version
@@ -364,6 +520,16 @@ class Tracker:
 
     def ui_url(self, host: str = "127.0.0.1", port: int = 5000) -> str:
         return f"http://{host}:{port}/#/experiments/{self.experiment_id}/runs"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _param_text(value: Any) -> str:

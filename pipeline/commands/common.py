@@ -83,4 +83,6 @@ def make_tracker(params: config.Params) -> Tracker:
     from pipeline.stages import experiment_name
     from pipeline.tracking import Tracker
 
-    return Tracker(params.tracking.uri, experiment_name(params))
+    tracker = Tracker(params.tracking.uri, experiment_name(params))
+    tracker.close_dead_runs()  # train/champion runs a killed process (or a full disk) left open
+    return tracker

@@ -1,0 +1,379 @@
+"""Fault injection over the whole stack: bad values in the data, a full or read-only disk,
+trials that fail in every way, `predict` against broken inputs, a tracking server or database
+that goes away mid-search.
+
+Each scenario checks what the user sees (exit 2 and one paragraph, never a traceback) and what
+the fault left behind (nothing RUNNING, no trial lost, a store the next run can use), and
+reports it to the suite's closing `faults:` line through `fault_audit`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import FaultAudit
+
+from pipeline import run, search
+from pipeline.study import Trained
+
+TINY = ["--set", "model.hidden=[4]", "--set", "train.epochs=2"]
+
+
+def cli(cwd: Path, *argv: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """`python -m pipeline.run ARGV` in `cwd`, as a user runs it."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.run", *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def one_paragraph_error(err: str) -> str:
+    """The `error: ...` paragraph of a failed command's stderr (and no traceback)."""
+    assert "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err[-3000:]
+    return lines[0]
+
+
+def integrity(db: Path) -> str:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+# -- 2. infinite or huge feature values ------------------------------------------------------
+
+
+def _csv_with(value: str, column: str = "b") -> str:
+    rows = ["a,b,label"] + [f"{i},{i % 3},{'yes' if i % 2 else 'no'}" for i in range(30)]
+    a, b, label = rows[8].split(",")
+    rows[8] = ",".join([value if column == "a" else a, value if column == "b" else b, label])
+    return "\n".join(rows) + "\n"
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("value", ["inf", "-inf", "1e300", "-4e38"])
+def test_train_refuses_infinite_or_huge_feature_values_naming_the_column(
+    workdir, capsys, fault_audit, value
+):
+    (workdir / "d.csv").write_text(_csv_with(value))
+    code = run.main(["train", "--set", "data.source=d.csv", *TINY])
+    err = capsys.readouterr().err
+    fault_audit.record()
+    assert code == 2, err
+    msg = one_paragraph_error(err)
+    assert "d.csv" in msg and "column(s) b" in msg and "data row 8" in msg
+    assert not (workdir / "mlruns").exists()  # refused before any run exists
+
+
+@pytest.mark.faults
+def test_an_infinite_regression_target_is_refused_too(workdir, capsys, fault_audit):
+    rows = ["x,price"] + [f"{i},{i * 1.5 + 0.25}" for i in range(40)]
+    rows[5] = "4,inf"
+    (workdir / "r.csv").write_text("\n".join(rows) + "\n")
+    code = run.main(["train", "--set", "data.source=r.csv", *TINY])
+    fault_audit.record()
+    assert code == 2 and "column(s) price" in one_paragraph_error(capsys.readouterr().err)
+
+
+# -- 3. a full disk, a read-only store -------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tiny RAM disk at `path` (root only: skipped elsewhere, required in CI)."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot mount a tmpfs in CI: {done.stderr}")
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(disk: Path, leave: int = 0) -> Path:
+    """Fill `disk` with one file until only `leave` bytes are free; returns the file."""
+    st = os.statvfs(disk)
+    filler = disk / "filler"
+    with filler.open("wb") as f:
+        f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+    return filler
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_train_on_a_full_disk_fails_cleanly_and_the_store_works_once_there_is_room(
+    workdir, fault_audit
+):
+    with tmpfs(workdir / "disk", "4m") as disk:
+        first = cli(disk, "train", "-p", "iris", *TINY)
+        assert first.returncode == 0, first.stderr[-3000:]
+        filler = fill(disk, leave=64 * 1024)
+
+        full = cli(disk, "train", "--set", "model.hidden=[64]", "--set", "train.epochs=1")
+        assert full.returncode == 2, full.stderr[-3000:]
+        msg = one_paragraph_error(full.stderr)
+        assert "the disk is full" in msg and str(disk / "mlruns") in msg
+
+        filler.unlink()
+        again = cli(disk, "train", "-p", "iris", *TINY)
+        assert again.returncode == 0, again.stderr[-3000:]
+        store = f"sqlite:///{disk / 'mlruns' / 'mlflow.db'}"
+        assert fault_audit.running_runs(store) == []
+        assert integrity(disk / "mlruns" / "mlflow.db") == "ok"
+        import mlflow
+
+        client = mlflow.MlflowClient(store)
+        exps = [e.experiment_id for e in client.search_experiments()]
+        runs = client.search_runs(exps)
+        failed = [r for r in runs if r.info.status == "FAILED"]
+        assert len(failed) == 1 and "disk is full" in failed[0].data.tags["error"]
+        assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED", "FINISHED"]
+        # The failed run logged no model: every logged model belongs to a finished run.
+        finished = {r.info.run_id for r in runs if r.info.status == "FINISHED"}
+        assert {m.source_run_id for m in client.search_logged_models(exps)} == finished
+
+
+def _first_trial_finished(store_db: Path, proc: subprocess.Popen[str], timeout: float) -> None:
+    """Poll the SQLite store until a trial run has FINISHED (read-only queries)."""
+    deadline = time.monotonic() + timeout
+    query = (
+        "SELECT count(*) FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
+        "WHERE tags.key = 'pipeline.trial' AND runs.status = 'FINISHED'"
+    )
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(proc.communicate()[1][-3000:])
+        with (
+            contextlib.suppress(sqlite3.Error),
+            contextlib.closing(sqlite3.connect(f"file:{store_db}?mode=ro", uri=True)) as c,
+        ):
+            if c.execute(query).fetchone()[0] > 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError("no trial finished in time")
+
+
+SEARCH = [
+    "search",
+    "-p",
+    "iris",
+    "--set",
+    "model.hidden=[4]",
+    "--set",
+    "train.epochs=5",
+    "--set",
+    "search.pruner=none",
+    "--set",
+    "search.n_startup_trials=2",
+]
+
+
+def study_audit(fault_audit: FaultAudit, store: str, journal: Path, study: str) -> dict:
+    """Trials vs runs of one study: every trial that trained has exactly one run in its state,
+    every trial run has its trial; counts the mismatches as lost trials. Returns states."""
+    import mlflow
+    import optuna
+
+    trials = optuna.load_study(study_name=study, storage=search.make_storage(str(journal)).backend)
+    client = mlflow.MlflowClient(store)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    runs = [
+        r
+        for r in client.search_runs(exps, max_results=1000)
+        if r.data.tags.get("pipeline.study") == study and "pipeline.trial" in r.data.tags
+    ]
+    by_run = {r.info.run_id: r for r in runs}
+    lost = 0
+    expected = {"COMPLETE": {"FINISHED"}, "PRUNED": {"FINISHED"}, "FAIL": {"FAILED", "KILLED"}}
+    claimed = set()
+    for t in trials.trials:
+        run_id = t.user_attrs.get(search.RUN_ATTR)
+        if run_id is None:
+            continue
+        claimed.add(run_id)
+        r = by_run.get(run_id)
+        ok = (
+            r is not None
+            and r.data.tags["pipeline.trial"] == str(t.number)
+            and r.data.tags.get("optuna.state") == t.state.name
+            and r.info.status in expected.get(t.state.name, set())
+        )
+        lost += not ok
+    lost += len(set(by_run) - claimed)  # a run no trial knows
+    fault_audit.record(lost=lost)
+    assert lost == 0, {t.number: (t.state.name, t.user_attrs) for t in trials.trials}
+    return {t.number: t.state.name for t in trials.trials}
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_a_search_whose_disk_fills_mid_study_stops_cleanly_and_a_rerun_finishes_it(
+    workdir, fault_audit
+):
+    with tmpfs(workdir / "disk", "16m") as disk:
+        argv = [sys.executable, "-m", "pipeline.run", *SEARCH, "--trials", "8"]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+        proc = subprocess.Popen(
+            argv, cwd=disk, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        _first_trial_finished(disk / "mlruns" / "mlflow.db", proc, timeout=300)
+        filler = fill(disk)  # the disk fills while the study is under way
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 2, err[-3000:]
+        msg = one_paragraph_error(err)
+        assert "disk is full" in msg or "No space left" in msg, msg
+
+        filler.unlink()
+        again = cli(disk, *SEARCH, "--trials", "8")
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "champion = best trial" in again.stdout
+        store = f"sqlite:///{disk / 'mlruns' / 'mlflow.db'}"
+        assert fault_audit.running_runs(store) == []
+        assert integrity(disk / "mlruns" / "mlflow.db") == "ok"
+        states = study_audit(
+            fault_audit, store, disk / "mlruns" / "optuna-journal.log", "iris-softmax"
+        )
+        assert list(states.values()).count("COMPLETE") == 8
+
+
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """Make `folder` read-only for everyone, root included (a read-only bind mount)."""
+    done = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True)
+    if done.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("cannot bind-mount in CI")
+        pytest.skip("cannot bind-mount here (needs root)")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_a_read_only_store_is_refused_naming_the_path_and_works_again_when_writable(
+    workdir, fault_audit
+):
+    first = cli(workdir, "train", "-p", "iris", *TINY)
+    assert first.returncode == 0, first.stderr[-3000:]
+    mlruns = workdir / "mlruns"
+    before = (mlruns / "mlflow.db").read_bytes()
+    with read_only(mlruns):
+        for argv in (["train", "-p", "iris", *TINY], [*SEARCH, "--trials", "1"]):
+            done = cli(workdir, *argv)
+            assert done.returncode == 2, done.stderr[-3000:]
+            msg = one_paragraph_error(done.stderr)
+            assert "read-only" in msg.lower() and str(mlruns) in msg, msg
+    assert (mlruns / "mlflow.db").read_bytes() == before
+    again = cli(workdir, "train", "-p", "iris", *TINY)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert fault_audit.running_runs(f"sqlite:///{mlruns / 'mlflow.db'}") == []
+
+
+# -- 4. trials that fail in every way --------------------------------------------------------
+
+
+def stub_trainer(outcomes: list) -> object:
+    """A `keras_trainer` stand-in whose i-th training does outcomes[i] (an exception to raise
+    or a validation accuracy to report); past the list it reports 0.9."""
+    calls = {"n": 0}
+
+    def factory(prep, tracker, *, seed):  # noqa: ANN001, ANN202 - keras_trainer's signature
+        def train(params, run_id, on_epoch):  # noqa: ANN001, ANN202
+            i = calls["n"]
+            calls["n"] += 1
+            outcome = outcomes[i] if i < len(outcomes) else 0.9
+            on_epoch(0, {"val_accuracy": 0.5})
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return Trained({"val_accuracy": outcome, "val_loss": 1 - outcome}, 1, False)
+
+        return train
+
+    return factory
+
+
+def _trials_and_runs(workdir: Path, study: str = "iris-softmax") -> tuple[list, dict]:
+    import mlflow
+    import optuna
+
+    journal = search.make_storage(str(workdir / "mlruns" / "optuna-journal.log")).backend
+    trials = optuna.load_study(study_name=study, storage=journal).trials
+    client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(study).experiment_id])
+    return trials, {r.info.run_id: r for r in runs}
+
+
+@pytest.mark.faults
+def test_trials_that_raise_go_nan_or_inf_or_run_out_of_memory_fail_with_the_reason(
+    workdir, capsys, monkeypatch, fault_audit
+):
+    import pipeline.study
+
+    outcomes = [
+        ValueError("boom: a bug in this trial"),
+        math.nan,
+        math.inf,
+        MemoryError("simulated: cannot allocate 8.00 GiB"),
+    ]
+    monkeypatch.setattr(pipeline.study, "keras_trainer", stub_trainer(outcomes))
+    assert run.main([*SEARCH, "--trials", "2"]) == 0
+    trials, runs = _trials_and_runs(workdir)
+    assert [t.state.name for t in trials] == ["FAIL"] * 4 + ["COMPLETE"] * 2
+    reasons = [t.user_attrs[search.REASON_ATTR] for t in trials[:4]]
+    expected = [
+        "ValueError: boom: a bug in this trial",
+        "non-finite val_accuracy: nan",
+        "non-finite val_accuracy: inf",
+        "MemoryError: simulated: cannot allocate 8.00 GiB",
+    ]
+    assert all(e in r for e, r in zip(expected, reasons, strict=True)), reasons
+    for t, e in zip(trials[:4], expected, strict=True):
+        r = runs[t.user_attrs[search.RUN_ATTR]]
+        assert r.info.status == "FAILED" and e in r.data.tags["error"]
+        assert r.data.tags["optuna.state"] == "FAIL"
+    assert fault_audit.running_runs(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}") == []
+    assert "champion = best trial 4" in capsys.readouterr().out
+
+
+@pytest.mark.faults
+def test_when_every_trial_fails_the_search_exits_2_listing_the_reasons(
+    workdir, capsys, monkeypatch, fault_audit
+):
+    import pipeline.study
+
+    outcomes = [ValueError("bad value"), MemoryError("out of memory")] * 10
+    monkeypatch.setattr(pipeline.study, "keras_trainer", stub_trainer(outcomes))
+    code = run.main([*SEARCH, "--trials", "1"])
+    msg = one_paragraph_error(capsys.readouterr().err)
+    assert code == 2 and "no trial completed" in msg
+    assert "5 x 'ValueError: bad value'" in msg and "5 x 'MemoryError: out of memory'" in msg
+    trials, runs = _trials_and_runs(workdir)
+    # It gives up instead of looping: max(2 x n_trials, 5) failures per round, and the
+    # command's two rounds (its own trials, then the top-up after its workers) make 10.
+    assert [t.state.name for t in trials] == ["FAIL"] * 10
+    assert fault_audit.running_runs(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}") == []
+    assert not any(r.data.tags.get("pipeline.kind") == "champion" for r in runs.values())
