@@ -257,6 +257,28 @@ def test_a_search_whose_disk_fills_mid_study_stops_cleanly_and_a_rerun_finishes_
         assert list(states.values()).count("COMPLETE") == 8
 
 
+@pytest.mark.faults
+def test_a_journal_append_the_full_disk_refuses_leaves_the_journal_readable(workdir, fault_audit):
+    import optuna
+
+    with tmpfs(workdir / "disk", "1m") as disk:
+        storage = search.make_storage(str(disk / "journal.log"))
+        study = optuna.create_study(study_name="s", storage=storage.backend)
+        study.enqueue_trial({"x": 1.0})
+        filler = fill(disk, leave=2000)  # room for a part of the next record, not all of it
+        with pytest.raises(OSError):
+            study.set_user_attr("big", "x" * 20_000)
+        filler.unlink()
+        again = search.make_storage(str(disk / "journal.log"))  # a fresh reader of the file
+        study = optuna.load_study(study_name="s", storage=again.backend)
+        study.set_user_attr("after", "ok")  # appends go on where the journal was whole
+        reread = optuna.load_study(
+            study_name="s", storage=search.make_storage(str(disk / "journal.log")).backend
+        )
+        fault_audit.record()
+        assert reread.user_attrs == {"after": "ok"} and len(reread.trials) == 1
+
+
 @contextlib.contextmanager
 def read_only(folder: Path) -> Iterator[None]:
     """Make `folder` read-only for everyone, root included (a read-only bind mount)."""
