@@ -1,3 +1,4 @@
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -170,9 +171,15 @@ def test_train_end_to_end_logs_a_complete_run_and_a_servable_model(workdir, stor
     )
     artifacts = {a.path for a in mlflow.MlflowClient(store_uri).list_artifacts(run_id)}
     assert {"learning_curves.png", "confusion_matrix.png", "classification_report.txt"} <= artifacts
-    assert (
-        "mlflow.source.git.commit" in logged.data.tags or "version.tensorflow" in logged.data.tags
-    )
+    from importlib import metadata
+
+    # The run names exactly what produced it: the installed versions and the checkout's commit.
+    assert logged.data.tags["version.tensorflow"] == metadata.version("tensorflow")
+    assert logged.data.tags["version.mlflow"] == metadata.version("mlflow")
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert logged.data.tags["mlflow.source.git.commit"] == head
 
     # Raw, unscaled test rows scored by the logged model in a fresh process.
     frame = stages.frame(prep, prep.raw.X_test, prep.raw.y_test)
@@ -385,26 +392,29 @@ def _start_search(workdir, store_uri, *extra):
     )
 
 
-def _wait_for_running_trial(store_uri, proc, timeout=180.0):
+def _wait_for_running_trial(workdir, proc, timeout=180.0):
+    """The MLflow run id of a trial that is inside fit(): a RUNNING trial that has reported
+    its first epoch to Optuna (the pruning hook runs at every epoch end)."""
     import time
 
-    import mlflow
+    import optuna
 
-    client = mlflow.MlflowClient(store_uri)
+    from pipeline import search
+
+    journal = workdir / "mlruns" / "optuna-journal.log"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(proc.communicate()[1][-3000:])
-        try:
-            runs = client.search_runs(["1"], "attributes.status = 'RUNNING'")
-        except Exception:  # noqa: BLE001 - the store may not exist yet
-            runs = []
-        trials = [r for r in runs if "pipeline.trial" in r.data.tags]
-        if trials:
-            time.sleep(3.0)  # well inside fit()
-            return trials[0].info.run_id
-        time.sleep(0.5)
-    raise AssertionError("no trial started in time")
+        if journal.is_file():
+            storage = search.make_storage(str(journal)).backend
+            with contextlib.suppress(KeyError):  # the study is not created yet
+                study = optuna.load_study(study_name="default", storage=storage)
+                for t in study.get_trials(states=[optuna.trial.TrialState.RUNNING]):
+                    if t.intermediate_values and search.RUN_ATTR in t.user_attrs:
+                        return t.user_attrs[search.RUN_ATTR]
+        time.sleep(0.2)
+    raise AssertionError("no trial reached its first epoch in time")
 
 
 @pytest.mark.slow
@@ -417,7 +427,7 @@ def test_interrupt_ends_runs_killed_marks_the_trial_and_exits_130(workdir, store
     from pipeline import search
 
     proc = _start_search(workdir, store_uri, "--trials", "3")
-    trial_run = _wait_for_running_trial(store_uri, proc)
+    trial_run = _wait_for_running_trial(workdir, proc)
     proc.send_signal(getattr(signal, signame))
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
@@ -440,7 +450,7 @@ def test_a_killed_worker_is_reconciled_on_the_next_start(workdir, store_uri, cap
     from pipeline import search
 
     proc = _start_search(workdir, store_uri, "--trials", "3")
-    trial_run = _wait_for_running_trial(store_uri, proc)
+    trial_run = _wait_for_running_trial(workdir, proc)
     proc.kill()  # SIGKILL: no handler runs, the trial and its run stay RUNNING
     proc.communicate()
     client = mlflow.MlflowClient(store_uri)
