@@ -554,12 +554,21 @@ def ui_command(uri: str, port: int = 5000) -> list[str]:
 
 
 def load_model(uri: str) -> Any:
-    """Load a logged or registered model (`runs:/...`, `models:/name@champion`, `models:/m-...`)."""
+    """Load a logged or registered model (`runs:/...`, `models:/name@champion`, `models:/m-...`).
+
+    Pickled (cloudpickle) models are refused unless MLFLOW_ALLOW_PICKLE_DESERIALIZATION is set
+    explicitly: unpickling runs whatever code the file names, and the project's own models are
+    pickle-free (models from code + a Keras file loaded in safe mode).
+    """
     _bound_client_retries()
+    os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     import mlflow
 
     try:
-        return mlflow.pyfunc.load_model(uri)
+        with guard(mask_secret(mlflow.get_tracking_uri()), f"loading --model {uri}"):
+            return mlflow.pyfunc.load_model(uri)
+    except TrackingError:
+        raise  # the store is unreachable or unusable: said as such, not as a bad model
     except Exception as exc:  # noqa: BLE001
         raise TrackingError(
             f"--model {uri}: cannot load it ({type(exc).__name__}: {mask_secret(str(exc))[:300]})."
