@@ -210,7 +210,6 @@ def test_passwords_in_storage_and_tracking_uri_never_reach_store_logs_or_console
             )
             assert done.returncode == 0, done.stderr[-3000:]
             console += done.stdout + done.stderr
-        assert "***" in console or "postgres" in console  # the masked form may be shown
         dumps = ""
         for db in (optuna_db, mlflow_db):
             dumps += subprocess.run(
@@ -218,9 +217,7 @@ def test_passwords_in_storage_and_tracking_uri_never_reach_store_logs_or_console
             ).stdout
         assert "trial" in dumps and "iris-softmax" in dumps  # the dumps hold the study
         files = [p for p in workdir.rglob("*") if p.is_file()]
-        assert any(p.name == "trials.csv" for p in files) or any(
-            "artifacts" in str(p) for p in files
-        )
+        assert any(p.name == "trials.csv" for p in files)  # the artifacts are here to search
         leaks = [
             where
             for where, text in [("console", console), ("databases", dumps)]

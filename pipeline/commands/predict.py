@@ -29,6 +29,12 @@ def main(args: argparse.Namespace) -> int:
         raise PipelineError(f"--data {args.data}: file not found. Pass a CSV of raw feature rows.")
     loaded = tracking.load_model(args.model)
     served = loaded.unwrap_python_model()
+    if not hasattr(served, "features"):
+        raise PipelineError(
+            f"--model {args.model}: not a model this pipeline logged (no feature list or "
+            "scaler in it). Use a model from `train` or `search`: runs:/<run_id>/model, "
+            "models:/<name>@champion or models:/m-<id>."
+        )
     frame = data.read_csv(args.data, header="auto")
     frame.columns = [str(c) for c in frame.columns]
     try:
