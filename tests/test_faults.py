@@ -399,3 +399,146 @@ def test_when_every_trial_fails_the_search_exits_2_listing_the_reasons(
     assert [t.state.name for t in trials] == ["FAIL"] * 10
     assert fault_audit.running_runs(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}") == []
     assert not any(r.data.tags.get("pipeline.kind") == "champion" for r in runs.values())
+
+
+# -- 6. predict against broken inputs --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One small model logged by `train` (features a, b, c; text labels), registered as
+    `faulty` with alias champion, in its own store."""
+    import mlflow
+    import numpy as np
+
+    home = tmp_path_factory.mktemp("served")
+    store = f"sqlite:///{home / 'mlruns' / 'mlflow.db'}"
+    rng = np.random.default_rng(0)
+    X = rng.uniform(size=(60, 3))
+    labels = np.where(X[:, 0] + X[:, 1] > 1, "big", "small")
+    lines = ["a,b,c,label"] + [
+        f"{a:.4f},{b:.4f},{c:.4f},{y}" for (a, b, c), y in zip(X, labels, strict=True)
+    ]
+    (home / "train.csv").write_text("\n".join(lines) + "\n")
+    argv = ["train", "--set", f"data.source={home / 'train.csv'}", "--tracking-uri", store]
+    assert run.main([*argv, *TINY]) == 0
+    client = mlflow.MlflowClient(store)
+    exp = client.get_experiment_by_name("default").experiment_id
+    (logged,) = client.search_logged_models([exp])
+    mlflow.set_tracking_uri(store)
+    version = mlflow.register_model(logged.model_uri, "faulty").version
+    client.set_registered_model_alias("faulty", "champion", version)
+    rows = "a,b,c\n0.9,0.8,0.1\n0.1,0.2,0.3\n0.5,0.4,0.9\n"
+    (home / "rows.csv").write_text(rows)
+    return {"home": home, "store": store, "uri": logged.model_uri}
+
+
+def predict(served: dict, data: Path, *, model: str | None = None, out: Path | None = None):
+    """`predict` in this process; returns its exit code."""
+    argv = ["predict", "--model", model or served["uri"], "--data", str(data)]
+    argv += ["--tracking-uri", served["store"]]
+    return run.main([*argv, "--out", str(out)] if out else argv)
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_predict_takes_columns_by_name_in_any_order_with_extra_ones(
+    served, tmp_path, capsys, fault_audit
+):
+    import pandas as pd
+
+    assert predict(served, served["home"] / "rows.csv", out=tmp_path / "plain.csv") == 0
+    frame = pd.read_csv(served["home"] / "rows.csv")
+    shuffled = frame.assign(note=["x", "y", "z"], label="big")[["c", "note", "a", "label", "b"]]
+    shuffled.to_csv(tmp_path / "shuffled.csv", index=False)
+    assert predict(served, tmp_path / "shuffled.csv", out=tmp_path / "shuffled-pred.csv") == 0
+    plain = pd.read_csv(tmp_path / "plain.csv")["prediction"].tolist()
+    fault_audit.record()
+    assert plain == pd.read_csv(tmp_path / "shuffled-pred.csv")["prediction"].tolist()
+    assert set(plain) <= {"big", "small"} and len(plain) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    ("name", "text", "needle"),
+    [
+        ("missing", "a,b\n1,2\n", "missing feature column(s) c"),
+        ("text", "a,b,c\n1,hello,3\n", "non-numeric feature column(s) b"),
+        ("empty", "", "the file is empty"),
+        ("header-only", "a,b,c\n", "no data rows"),
+        ("infinite", "a,b,c\ninf,1,2\n", "column(s) a hold infinite"),
+        ("huge", "a,b,c\n1,1e300,2\n", "column(s) b hold infinite or too large"),
+        ("gaps", "a,b,c\n1,,2\n", "missing values"),
+    ],
+)
+def test_predict_refuses_bad_rows_naming_the_file_and_column(
+    served, tmp_path, capsys, fault_audit, name, text, needle
+):
+    data = tmp_path / f"{name}.csv"
+    data.write_text(text)
+    out = tmp_path / "pred.csv"
+    code = predict(served, data, out=out)
+    msg = one_paragraph_error(capsys.readouterr().err)
+    fault_audit.record()
+    assert code == 2 and needle in msg and str(data) in msg, msg
+    assert not out.exists() and list(tmp_path.glob(".*partial")) == []  # nothing half-written
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    ("model", "needle"),
+    [
+        ("models:/nosuch@champion", "models:/nosuch@champion"),
+        ("models:/faulty@nosuchalias", "models:/faulty@nosuchalias"),
+        ("models:/faulty/99", "models:/faulty/99"),
+        ("runs:/0123456789abcdef/model", "runs:/0123456789abcdef/model"),
+    ],
+)
+def test_predict_with_a_model_that_does_not_exist_says_which(
+    served, capsys, fault_audit, model, needle
+):
+    code = predict(served, served["home"] / "rows.csv", model=model)
+    msg = one_paragraph_error(capsys.readouterr().err)
+    fault_audit.record()
+    assert code == 2 and needle in msg and "cannot load it" in msg
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_predict_with_a_corrupted_model_artifact_exits_2(served, tmp_path, capsys, fault_audit):
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(served["uri"], dst_path=str(tmp_path)))
+    (keras_file,) = local.rglob("*.keras")
+    keras_file.write_bytes(b"PK\x03\x04 not really a zip" * 10)
+    code = predict(served, served["home"] / "rows.csv", model=str(local))
+    msg = one_paragraph_error(capsys.readouterr().err)
+    fault_audit.record()
+    assert code == 2 and "cannot load it" in msg and str(local) in msg
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_predict_against_a_tracking_server_that_is_down_exits_2_in_seconds(
+    served, capsys, fault_audit
+):
+    from conftest import free_port
+
+    started = time.monotonic()
+    argv = ["predict", "--model", "models:/faulty@champion"]
+    argv += ["--data", str(served["home"] / "rows.csv")]
+    code = run.main([*argv, "--tracking-uri", f"http://127.0.0.1:{free_port()}"])
+    msg = one_paragraph_error(capsys.readouterr().err)
+    fault_audit.record()
+    assert code == 2 and "unreachable" in msg and "models:/faulty@champion" in msg, msg
+    assert time.monotonic() - started < 60  # bounded retries, not MLflow's default minutes
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_predict_into_a_missing_folder_is_refused_before_scoring(served, tmp_path, capsys):
+    code = predict(served, served["home"] / "rows.csv", out=tmp_path / "nope" / "pred.csv")
+    msg = one_paragraph_error(capsys.readouterr().err)
+    assert code == 2 and str(tmp_path / "nope") in msg

@@ -27,6 +27,11 @@ def main(args: argparse.Namespace) -> int:
     tracking.set_uri(params.tracking.uri)
     if not args.data.is_file():
         raise PipelineError(f"--data {args.data}: file not found. Pass a CSV of raw feature rows.")
+    if args.out is not None and not args.out.parent.is_dir():
+        raise PipelineError(
+            f"--out {args.out}: the folder {args.out.parent} does not exist. Create it or write "
+            "the predictions elsewhere."
+        )
     loaded = tracking.load_model(args.model)
     served = loaded.unwrap_python_model()
     if not hasattr(served, "features"):
@@ -57,7 +62,13 @@ def main(args: argparse.Namespace) -> int:
         acc = float((out["prediction"].astype(str).to_numpy() == truth).mean())
         print(f"accuracy against column {target!r}: {acc:.4f} ({len(frame)} rows)", file=sys.stderr)
     if args.out:
-        pd.DataFrame(out).to_csv(args.out, index=False)
+        # Written beside the target, then renamed: a failed write never leaves half a file.
+        partial = args.out.with_name(f".{args.out.name}.partial")
+        try:
+            pd.DataFrame(out).to_csv(partial, index=False)
+            partial.replace(args.out)
+        finally:
+            partial.unlink(missing_ok=True)
         print(f"wrote {len(out)} predictions to {args.out}", file=sys.stderr)
     else:
         pd.DataFrame(out).to_csv(sys.stdout, index=False)
