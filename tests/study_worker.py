@@ -2,11 +2,13 @@
 Optuna storage and MLflow store) with a stub trainer that trains nothing.
 
     python tests/study_worker.py WORKDIR STORAGE N_TRIALS [--barrier DIR NAME] [--kill-at STEP]
+        [--pause-at N DIR]
 
 --barrier: import everything, touch DIR/NAME.ready, then wait for DIR/go (so that several
 workers start the study at the same instant). --kill-at STEP: SIGKILL itself at STEP of its
-second trial (before_fit, during_fit, result_logged, told, run_ended). Each training is
-appended to WORKDIR/trained.jsonl.
+second trial (before_fit, during_fit, result_logged, told, run_ended). --pause-at N DIR: in
+its N-th training, touch DIR/paused and wait for DIR/resume (so a test can break something
+mid-trial). Each training is appended to WORKDIR/trained.jsonl.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def main() -> None:
     ap.add_argument("--barrier", nargs=2)
     ap.add_argument("--kill-at")
     ap.add_argument("--tracking-uri")
+    ap.add_argument("--pause-at", nargs=2)
     a = ap.parse_args()
     params = study_params(a.workdir, a.n_trials)
     if a.tracking_uri:
@@ -77,6 +80,11 @@ def main() -> None:
         with trained_log.open("a") as f:
             f.write(json.dumps({"run": run_id, "pid": os.getpid(), "dropout": p.model.dropout}))
             f.write("\n")
+        if a.pause_at and calls["fit"] == int(a.pause_at[0]):
+            folder = Path(a.pause_at[1])
+            (folder / "paused").touch()
+            while not (folder / "resume").exists():
+                time.sleep(0.05)
         value = 1.0 - p.model.dropout + {"relu": 0.02, "tanh": 0.01}.get(p.model.activation, 0)
         for epoch in range(3):
             on_epoch(epoch, {"val_accuracy": value * (epoch + 1) / 3})

@@ -542,3 +542,56 @@ def test_predict_into_a_missing_folder_is_refused_before_scoring(served, tmp_pat
     code = predict(served, served["home"] / "rows.csv", out=tmp_path / "nope" / "pred.csv")
     msg = one_paragraph_error(capsys.readouterr().err)
     assert code == 2 and str(tmp_path / "nope") in msg
+
+
+# -- 8. the tracking server or the database goes away mid-search ------------------------------
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(proc.communicate()[1][-3000:])
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear in {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+@pytest.mark.faults
+@pytest.mark.postgres
+def test_a_dropped_postgresql_connection_mid_trial_does_not_break_the_study(workdir, fault_audit):
+    """Every connection of the study's database is terminated while a trial trains; the
+    worker reconnects (pool_pre_ping) or fails that trial cleanly, and the study finishes."""
+    import psycopg
+    from conftest import require_postgres
+    from test_study import (
+        N_TRIALS,
+        check_store_agrees_with_study,
+        drop_database,
+        fresh_database,
+        worker,
+    )
+
+    url = fresh_database(require_postgres())
+    try:
+        gate = workdir / "gate"
+        gate.mkdir()
+        proc = worker(workdir, url, N_TRIALS, "--pause-at", "2", str(gate))
+        _wait_for(gate / "paused", proc)
+        server, name = url.rsplit("/", 1)
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+            killed = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            ).fetchone()[0]
+        assert killed >= 1  # the worker's pooled connection really was cut
+        (gate / "resume").touch()
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        states = check_store_agrees_with_study(workdir, url)
+        fault_audit.record()
+        assert list(states.values()).count("COMPLETE") == N_TRIALS
+        assert fault_audit.running_runs(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}") == []
+    finally:
+        drop_database(url)
