@@ -561,7 +561,7 @@ def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 300) -> 
 @pytest.mark.postgres
 def test_a_dropped_postgresql_connection_mid_trial_does_not_break_the_study(workdir, fault_audit):
     """Every connection of the study's database is terminated while a trial trains; the
-    worker reconnects (pool_pre_ping) or fails that trial cleanly, and the study finishes."""
+    worker reconnects (pool_pre_ping) and the study finishes with no trial lost or failed."""
     import psycopg
     from conftest import require_postgres
     from test_study import (
@@ -591,7 +591,9 @@ def test_a_dropped_postgresql_connection_mid_trial_does_not_break_the_study(work
         assert proc.returncode == 0, err[-3000:]
         states = check_store_agrees_with_study(workdir, url)
         fault_audit.record()
-        assert list(states.values()).count("COMPLETE") == N_TRIALS
+        # pool_pre_ping reconnects before the next query, so not even that trial fails
+        # (without it, the trial in flight fails and the study tops up).
+        assert list(states.values()) == ["COMPLETE"] * N_TRIALS, states
         assert fault_audit.running_runs(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}") == []
     finally:
         drop_database(url)
