@@ -597,3 +597,95 @@ def test_a_dropped_postgresql_connection_mid_trial_does_not_break_the_study(work
         assert fault_audit.running_runs(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}") == []
     finally:
         drop_database(url)
+
+
+def _mlflow_server(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    """A real `mlflow server` on 127.0.0.1:port over a SQLite file in workdir (same file on
+    every start, so a restarted server serves the same store)."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{workdir / 'server.db'}",
+            "--artifacts-destination",
+            str(workdir / "server-artifacts"),
+        ],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its uvicorn workers are stopped with it
+    )
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
+    server.wait(timeout=30)
+
+
+def _failed_trials(journal: Path, study: str) -> list[str]:
+    import optuna
+
+    with contextlib.suppress(KeyError):
+        storage = search.make_storage(str(journal)).backend
+        trials = optuna.load_study(study_name=study, storage=storage).trials
+        return [str(t.user_attrs.get(search.REASON_ATTR)) for t in trials if t.state.name == "FAIL"]
+    return []
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_the_tracking_server_going_away_mid_search_and_coming_back(workdir, fault_audit):
+    """The server dies after the first trial and comes back once a trial has failed for it:
+    the search carries on (or, if it ran out of retries first, stops with a clear error);
+    a rerun finishes the budget with one run per trial that trained and nothing RUNNING."""
+    from conftest import free_port, wait_for_http
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _mlflow_server(workdir, port)
+    journal = workdir / "mlruns" / "optuna-journal.log"
+    argv = [*SEARCH, "--trials", "4", "--tracking-uri", uri]
+    try:
+        assert wait_for_http(f"{uri}/health") == 200
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.run", *argv],
+            cwd=workdir,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _first_trial_finished(workdir / "server.db", proc, timeout=300)
+        _stop(server)  # gone, mid-search
+        deadline = time.monotonic() + 300
+        while not _failed_trials(journal, "iris-softmax") and proc.poll() is None:
+            assert time.monotonic() < deadline, "no trial failed while the server was down"
+            time.sleep(0.2)
+        server = _mlflow_server(workdir, port)  # back
+        assert wait_for_http(f"{uri}/health") == 200
+        out, err = proc.communicate(timeout=600)
+        reasons = _failed_trials(journal, "iris-softmax")
+        assert reasons and all("tracking store" in r for r in reasons), reasons
+        if proc.returncode != 0:  # stopped: then with one clear paragraph
+            assert proc.returncode == 2 and "unreachable" in one_paragraph_error(err), err
+        else:  # carried on: and closed the run the server could not close while away
+            assert "Traceback" not in err and fault_audit.running_runs(uri) == []
+
+        again = cli(workdir, *argv)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert fault_audit.running_runs(uri) == []
+        states = study_audit(fault_audit, uri, journal, "iris-softmax")
+        assert list(states.values()).count("COMPLETE") == 4
+    finally:
+        _stop(server)

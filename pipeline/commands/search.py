@@ -101,6 +101,7 @@ def main(args: argparse.Namespace) -> int:
                 recycled = args.max_trials is not None and ran >= args.max_trials
             else:
                 _run_with_workers(tracked, args, progress, workers)
+            tracked.reconcile()  # closes trial runs the store could not close while it was away
             outcome = tracked.finish()
         except BaseException:
             _stop(workers)
