@@ -642,10 +642,30 @@ def _failed_trials(journal: Path, study: str) -> list[str]:
     return []
 
 
+def _trial_in_fit(journal: Path, study: str, proc: subprocess.Popen[str], *, after: int) -> None:
+    """Poll the journal until a trial numbered above `after` is RUNNING and has reported an
+    epoch (so its MLflow run is open and it is inside fit())."""
+    import optuna
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(proc.communicate()[1][-3000:])
+        with contextlib.suppress(KeyError, OSError):
+            storage = search.make_storage(str(journal)).backend
+            running = optuna.load_study(study_name=study, storage=storage).get_trials(
+                states=[optuna.trial.TrialState.RUNNING]
+            )
+            if any(t.number > after and t.intermediate_values for t in running):
+                return
+        time.sleep(0.05)
+    raise AssertionError("no trial reached fit() in time")
+
+
 @pytest.mark.slow
 @pytest.mark.faults
 def test_the_tracking_server_going_away_mid_search_and_coming_back(workdir, fault_audit):
-    """The server dies after the first trial and comes back once a trial has failed for it:
+    """The server dies while a trial trains and comes back once a trial has failed for it:
     the search carries on (or, if it ran out of retries first, stops with a clear error);
     a rerun finishes the budget with one run per trial that trained and nothing RUNNING."""
     from conftest import free_port, wait_for_http
@@ -654,7 +674,11 @@ def test_the_tracking_server_going_away_mid_search_and_coming_back(workdir, faul
     uri = f"http://127.0.0.1:{port}"
     server = _mlflow_server(workdir, port)
     journal = workdir / "mlruns" / "optuna-journal.log"
-    argv = [*SEARCH, "--trials", "4", "--tracking-uri", uri]
+    long_fit = [  # about a second inside fit() per trial, to be caught there
+        *("--set", "data.source=digits", "--set", "train.batch_size=8"),
+        *("--set", "train.epochs=8", "--set", "train.early_stopping.patience=0"),
+    ]
+    argv = [*SEARCH, *long_fit, "--trials", "4", "--tracking-uri", uri]
     try:
         assert wait_for_http(f"{uri}/health") == 200
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -666,8 +690,8 @@ def test_the_tracking_server_going_away_mid_search_and_coming_back(workdir, faul
             stderr=subprocess.PIPE,
             text=True,
         )
-        _first_trial_finished(workdir / "server.db", proc, timeout=300)
-        _stop(server)  # gone, mid-search
+        _trial_in_fit(journal, "iris-softmax", proc, after=0)
+        _stop(server)  # gone, while a trial's run is open
         deadline = time.monotonic() + 300
         while not _failed_trials(journal, "iris-softmax") and proc.poll() is None:
             assert time.monotonic() < deadline, "no trial failed while the server was down"
