@@ -195,7 +195,6 @@ def test_passwords_in_storage_and_tracking_uri_never_reach_store_logs_or_console
     commands = [
         ["search", *tiny, "--trials", "2", "--storage", storage, "--tracking-uri", tracking],
         ["train", *tiny, "--tracking-uri", tracking, "-v"],
-        ["report", "-p", "iris", "--tracking-uri", tracking, "--study", "iris-softmax"],
     ]
     try:
         console = ""
