@@ -784,3 +784,16 @@ def test_the_tracking_server_going_away_mid_search_and_coming_back(workdir, faul
     finally:
         relay.down()
         _stop(server)
+
+
+@pytest.mark.faults
+def test_an_unreachable_tracking_server_at_start_fails_in_seconds(workdir, capsys, fault_audit):
+    from conftest import free_port
+
+    started = time.monotonic()
+    uri = f"http://127.0.0.1:{free_port()}"
+    code = run.main(["train", "-p", "iris", *TINY, "--tracking-uri", uri])
+    msg = one_paragraph_error(capsys.readouterr().err)
+    fault_audit.record()
+    assert code == 2 and uri in msg and "reachable" in msg, msg
+    assert time.monotonic() - started < 30  # bounded retries, not MLflow's default minutes
