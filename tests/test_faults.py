@@ -797,3 +797,48 @@ def test_an_unreachable_tracking_server_at_start_fails_in_seconds(workdir, capsy
     fault_audit.record()
     assert code == 2 and uri in msg and "reachable" in msg, msg
     assert time.monotonic() - started < 30  # bounded retries, not MLflow's default minutes
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_a_train_run_left_running_by_a_killed_process_is_closed_by_the_next_command(
+    workdir, fault_audit
+):
+    long = ["--set", "train.epochs=100000", "--set", "train.early_stopping.patience=0"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.run", "train", "-p", "iris", "--set", "model.hidden=[4]"]
+        + long,
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    db = workdir / "mlruns" / "mlflow.db"
+    deadline = time.monotonic() + 300
+    query = "SELECT count(*) FROM runs WHERE status = 'RUNNING'"
+    while True:  # until its run exists (it is then training for good)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the train run never started"
+        with (
+            contextlib.suppress(sqlite3.Error),
+            contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as c,
+        ):
+            if c.execute(query).fetchone()[0]:
+                break
+        time.sleep(0.2)
+    proc.kill()  # SIGKILL: nothing can close its run
+    proc.communicate()
+    store = f"sqlite:///{db}"
+    import mlflow
+
+    client = mlflow.MlflowClient(store)
+    exp = client.get_experiment_by_name("iris-softmax").experiment_id
+    (left,) = client.search_runs([exp])
+    assert left.info.status == "RUNNING"
+
+    assert run.main(["train", "-p", "iris", *TINY]) == 0  # the next command on this store
+    closed = client.get_run(left.info.run_id)
+    assert closed.info.status == "FAILED" and str(proc.pid) in closed.data.tags["error"]
+    assert fault_audit.running_runs(store) == []
