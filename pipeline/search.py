@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -154,6 +155,37 @@ def _pg_advisory_lock(url: str, name: str) -> Iterator[None]:
         engine.dispose()
 
 
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block is done, then deliver them.
+
+    Optuna's journal lock is not interrupt-safe: a KeyboardInterrupt landing while it takes or
+    releases its lock file comes out as FileNotFoundError or RuntimeError (so a Ctrl-C would
+    pass for a failed trial and the search would go on) and can leave the lock held for its
+    30 s grace period. Signals reach Python in the main thread only, so other threads pass.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        pending.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if pending:
+            handler = previous[pending[0]]
+            if callable(handler):
+                handler(pending[0], None)  # e.g. default_int_handler: KeyboardInterrupt here
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), pending[0])
+
+
 def _journal_backend(path: str) -> optuna.storages.journal.BaseJournalBackend:
     """Optuna's journal file, except that an append the disk refuses is undone.
 
@@ -167,7 +199,7 @@ def _journal_backend(path: str) -> optuna.storages.journal.BaseJournalBackend:
 
     class _AtomicAppendFile(JournalFileBackend):
         def append_logs(self, logs: list[dict[str, Any]]) -> None:
-            with get_lock_file(self._lock):
+            with interrupts_deferred(), get_lock_file(self._lock):
                 before = os.path.getsize(self._file_path)
                 text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in logs)
                 try:

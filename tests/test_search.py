@@ -201,3 +201,27 @@ def test_storage_error_masks_the_password():
     with pytest.raises(SearchError) as err:
         search.make_storage("postgresql://bob:hunter2@127.0.0.1:1/none")
     assert "hunter2" not in str(err.value) and "***" in str(err.value)
+
+
+def test_ctrl_c_inside_a_journal_write_waits_for_the_write_and_stays_a_ctrl_c(
+    tmp_path, monkeypatch
+):
+    """Optuna's journal lock turns an interrupt during its lock handling into another error
+    and can leave the lock held; interrupts are held until the append (and its lock) is done,
+    then delivered as a KeyboardInterrupt."""
+    import signal
+
+    study = study_at(tmp_path)
+    trial = study.ask(10)
+    real_rename = os.rename
+
+    def ctrl_c_then_rename(src, dst):  # noqa: ANN001, ANN202 - Optuna releasing its lock file
+        monkeypatch.setattr(os, "rename", real_rename)
+        os.kill(os.getpid(), signal.SIGINT)  # lands before the rename, inside the release
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", ctrl_c_then_rename)
+    with pytest.raises(KeyboardInterrupt):
+        study.tell_complete(trial, 0.5)
+    assert study.counts().complete == 1  # the write went through whole
+    assert study.ask(10) is not None  # and the lock was released: the journal still works
