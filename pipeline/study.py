@@ -20,6 +20,7 @@ It uses search.py (Optuna) and tracking.py (MLflow) and never the frameworks the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -353,26 +354,29 @@ class TrackedStudy:
                 except BaseException as exc:
                     interrupted = isinstance(exc, KeyboardInterrupt)
                     reason = INTERRUPTED if interrupted else f"{type(exc).__name__}: {exc}"
-                    try:
-                        self.tracker.set_tags(run_id, {STATE_TAG: "FAIL"})
-                        self.study.tell_failed(trial, reason)
-                        told = True
-                    except Exception as failed:  # noqa: BLE001 - never mask the original error
-                        # (e.g. Ctrl-C landed inside a storage write): reconcile() settles it.
-                        told = True
-                        log.warning(
-                            "trial %d: could not record its failure: %s", trial.number, failed
-                        )
-                    raise
+                    told = self._record_failure(trial, reason)  # the study first: it decides
+                    with contextlib.suppress(Exception):  # best effort: the run's end status
+                        self.tracker.set_tags(run_id, {STATE_TAG: "FAIL"})  # says it too
+                    raise  # the original error, never one from recording it
         except Exception as exc:  # recorded above, or below if the run never started
             if not told:
-                self.study.tell_failed(trial, f"{type(exc).__name__}: {exc}")
+                self._record_failure(trial, f"{type(exc).__name__}: {exc}")
             log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
             return "FAIL", None
         except BaseException:
             if not told:
-                self.study.tell_failed(trial, INTERRUPTED)
+                self._record_failure(trial, INTERRUPTED)
             raise
+
+    def _record_failure(self, trial: search.Trial, reason: str) -> bool:
+        """Tell Optuna the trial failed; False if even that fails (a storage outage): the trial
+        then stays RUNNING until reconcile() finds its worker gone."""
+        try:
+            self.study.tell_failed(trial, reason)
+            return True
+        except Exception as failed:  # noqa: BLE001 - must not replace the trial's own error
+            log.warning("trial %d: could not record its failure: %s", trial.number, failed)
+            return False
 
     # -- 4. finish --------------------------------------------------------------------------
 

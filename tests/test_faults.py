@@ -322,8 +322,13 @@ def stub_trainer(outcomes: list) -> object:
     """A `keras_trainer` stand-in whose i-th training does outcomes[i] (an exception to raise
     or a validation accuracy to report); past the list it reports 0.9."""
     calls = {"n": 0}
+    import pipeline.study
+
+    real = pipeline.study.keras_trainer  # captured before the test swaps it for this stub
 
     def factory(prep, tracker, *, seed):  # noqa: ANN001, ANN202 - keras_trainer's signature
+        keras = real(prep, tracker, seed=seed)
+
         def train(params, run_id, on_epoch):  # noqa: ANN001, ANN202
             i = calls["n"]
             calls["n"] += 1
@@ -331,6 +336,8 @@ def stub_trainer(outcomes: list) -> object:
             on_epoch(0, {"val_accuracy": 0.5})
             if isinstance(outcome, BaseException):
                 raise outcome
+            if math.isfinite(outcome):  # a real model on the run: the champion is a trial's
+                keras(params, run_id, lambda epoch, logs: False)
             return Trained({"val_accuracy": outcome, "val_loss": 1 - outcome}, 1, False)
 
         return train
