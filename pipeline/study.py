@@ -328,7 +328,10 @@ class TrackedStudy:
             origin = f"trial {trial.number}"
             trial_params = config.with_values(self.params, trial.values, origin=origin)
             with self.tracker.run(
-                f"trial-{trial.number:04d}", parent_id=self.parent_id, tags=tags
+                f"trial-{trial.number:04d}",
+                parent_id=self.parent_id,
+                tags=tags,
+                failure_tags={STATE_TAG: "FAIL"},  # issue 8: with the FAILED end, in one write
             ) as run_id:
                 trial.remember(search.RUN_ATTR, run_id)
                 self.tracker.log_params(run_id, config.flatten(trial_params))

@@ -277,12 +277,16 @@ class Tracker:
         parent_id: str | None = None,
         tags: Mapping[str, str] | None = None,
         resume_id: str | None = None,
+        failure_tags: Mapping[str, str] | None = None,
     ) -> Iterator[str]:
         """Create (or with `resume_id`, reopen) a run, yield its id, and always end it with an
         explicit status: success or a pruned trial -> FINISHED; Ctrl-C/SIGTERM -> KILLED;
         anything else -> FAILED with the reason in the `error` tag. The exception propagates,
         and a store that cannot record the end (disk full, server gone) never masks it: the
         run is then left for the next start to close (`close_dead_runs`, study reconciliation).
+
+        `failure_tags` are written with a KILLED or FAILED end, in the same request as its
+        error, so a run never ends FAILED while still tagged with a state it no longer has.
         """
         if resume_id:
             self.client.update_run(resume_id, status="RUNNING")
@@ -295,18 +299,27 @@ class Tracker:
             self._close_after(run_id, "FINISHED")
             raise
         except KeyboardInterrupt:
-            self._close_after(run_id, "KILLED")
+            self._close_after(run_id, "KILLED", None, failure_tags)
             raise
         except BaseException as exc:
-            self._close_after(run_id, "FAILED", f"{type(exc).__name__}: {exc}")
+            self._close_after(run_id, "FAILED", f"{type(exc).__name__}: {exc}", failure_tags)
             raise
         self.client.set_terminated(run_id, "FINISHED")
 
-    def _close_after(self, run_id: str, status: str, error: str | None = None) -> None:
+    def _close_after(
+        self,
+        run_id: str,
+        status: str,
+        error: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
         """End a run while an exception propagates; a store failure here is only logged."""
         try:
+            final = dict(tags or {})
             if error is not None:
-                self.set_tags(run_id, {"error": mask_secret(error)[:5000]})
+                final["error"] = mask_secret(error)[:5000]
+            if final:
+                self.set_tags(run_id, final)
             self.client.set_terminated(run_id, status)
         except TrackingError as exc:
             log.warning("run %s could not be marked %s: %s", run_id, status, exc)

@@ -112,11 +112,26 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
 
 
 def fill(disk: Path, leave: int = 0) -> Path:
-    """Fill `disk` with one file until only `leave` bytes are free; returns the file."""
-    st = os.statvfs(disk)
+    """Fill `disk` with one file until only `leave` bytes are free (or the disk refuses more:
+    a search may be writing to it at the same time); returns the file."""
+    import errno
+
     filler = disk / "filler"
-    with filler.open("wb") as f:
-        f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        while True:
+            st = os.statvfs(disk)
+            room = st.f_bavail * st.f_frsize - leave
+            if room <= 0:
+                break
+            try:
+                os.write(fd, b"\0" * min(room, 1 << 20))
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                break
+    finally:
+        os.close(fd)
     return filler
 
 
@@ -206,7 +221,7 @@ def study_audit(fault_audit: FaultAudit, store: str, journal: Path, study: str) 
     by_run = {r.info.run_id: r for r in runs}
     lost = 0
     expected = {"COMPLETE": {"FINISHED"}, "PRUNED": {"FINISHED"}, "FAIL": {"FAILED", "KILLED"}}
-    claimed = set()
+    claimed, problems = set(), []
     for t in trials.trials:
         run_id = t.user_attrs.get(search.RUN_ATTR)
         if run_id is None:
@@ -219,10 +234,16 @@ def study_audit(fault_audit: FaultAudit, store: str, journal: Path, study: str) 
             and r.data.tags.get("optuna.state") == t.state.name
             and r.info.status in expected.get(t.state.name, set())
         )
-        lost += not ok
-    lost += len(set(by_run) - claimed)  # a run no trial knows
+        if not ok:
+            lost += 1
+            keys = ("pipeline.trial", "optuna.state")
+            seen = (r.info.status, [r.data.tags.get(k) for k in keys]) if r else "no such run"
+            problems.append(f"trial {t.number} {t.state.name}: run {run_id} {seen}")
+    unknown = set(by_run) - claimed  # a run no trial knows
+    problems += [f"run {i} {by_run[i].data.tags} belongs to no trial" for i in unknown]
+    lost += len(unknown)
     fault_audit.record(lost=lost)
-    assert lost == 0, {t.number: (t.state.name, t.user_attrs) for t in trials.trials}
+    assert lost == 0, problems
     return {t.number: t.state.name for t in trials.trials}
 
 
