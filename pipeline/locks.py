@@ -1,9 +1,11 @@
-"""A cross-process file lock: one home for the flock pattern used beside local stores."""
+"""Process-level helpers shared by the stores: a cross-process file lock, and whether a
+process on this host is still alive (to tell a dead worker's trial or run from a live one)."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,3 +24,14 @@ def file_lock(path: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with this pid exists on this host (one we may not signal counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

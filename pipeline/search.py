@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 
 from pipeline.config import SearchParams, space_fingerprint
 from pipeline.errors import SearchError
-from pipeline.locks import file_lock
+from pipeline.locks import file_lock, pid_alive
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -598,7 +598,7 @@ class SearchStudy:
             start = t.datetime_start.timestamp() if t.datetime_start else now
             dead = now - float(beat if beat is not None else start) > STALE_AFTER_SECONDS
             if worker_host == host and pid.isdigit():  # a pid is checkable here (and may be
-                dead = dead or not _pid_alive(int(pid))  # reused, hence the heartbeat too)
+                dead = dead or not pid_alive(int(pid))  # reused, hence the heartbeat too)
             if dead:
                 run_id = t.user_attrs.get(RUN_ATTR)
                 out.append(
@@ -629,16 +629,6 @@ class SearchStudy:
         attrs = {"retry_of": dead.number, "retries": dead.retries + 1}
         self._study.enqueue_trial(dead.params, user_attrs=attrs, skip_if_exists=False)
         return True
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _study_id(backend: optuna.storages.BaseStorage, name: str) -> int | None:

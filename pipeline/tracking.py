@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from pipeline.errors import TrackingError, TrialPruned
-from pipeline.locks import file_lock
+from pipeline.locks import file_lock, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +342,7 @@ class Tracker:
             pid = tags.get(WORKER_TAG, "").rpartition(":")[2]
             if tags.get("pipeline.kind") not in ("train", "champion") or not pid.isdigit():
                 continue
-            if _pid_alive(int(pid)):
+            if pid_alive(int(pid)):
                 continue
             error = f"process {pid} ended without closing this run (killed, or its store failed)"
             self.set_tags(r.info.run_id, {"error": error})
@@ -533,16 +533,6 @@ class Tracker:
 
     def ui_url(self, host: str = "127.0.0.1", port: int = 5000) -> str:
         return f"http://{host}:{port}/#/experiments/{self.experiment_id}/runs"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _param_text(value: Any) -> str:
