@@ -4,6 +4,7 @@ so nothing is ever written into the repository's own mlruns/."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,34 @@ def wait_for_http(url: str, timeout: float = 120.0) -> int:
             if time.monotonic() > deadline:
                 pytest.fail(f"{url} did not answer within {timeout:.0f} s")
             time.sleep(1)
+
+
+def mlflow_server(workdir: Path, port: int, backend_uri: str | None = None) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:port (a SQLite file in workdir unless
+    `backend_uri`), artifacts in workdir; its own session, so its uvicorn workers stop with it
+    (`os.killpg(server.pid, signal.SIGTERM)`)."""
+    import sys
+
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            backend_uri or f"sqlite:///{workdir / 'server.db'}",
+            "--artifacts-destination",
+            str(workdir / "server-artifacts"),
+        ],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def free_port() -> int:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import FaultAudit
+from conftest import FaultAudit, mlflow_server
 
 from pipeline import run, search
 from pipeline.study import Trained
@@ -627,30 +627,6 @@ def test_a_dropped_postgresql_connection_mid_trial_does_not_break_the_study(work
         drop_database(url)
 
 
-def _mlflow_server(workdir: Path, port: int) -> subprocess.Popen[bytes]:
-    """A real `mlflow server` on 127.0.0.1:port over a SQLite file in workdir."""
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{workdir / 'server.db'}",
-            "--artifacts-destination",
-            str(workdir / "server-artifacts"),
-        ],
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its uvicorn workers are stopped with it
-    )
-
-
 def _stop(server: subprocess.Popen[bytes]) -> None:
     import signal
 
@@ -769,7 +745,7 @@ def test_the_tracking_server_going_away_mid_search_and_coming_back(workdir, faul
     from conftest import free_port, wait_for_http
 
     port = free_port()
-    server = _mlflow_server(workdir, port)
+    server = mlflow_server(workdir, port)
     relay = Relay(port)
     uri = f"http://127.0.0.1:{relay.port}"  # the client talks to the server through the relay
     journal = workdir / "mlruns" / "optuna-journal.log"

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MISSION_KEYS, free_port, require_postgres, wait_for_http
+from conftest import MISSION_KEYS, free_port, mlflow_server, require_postgres, wait_for_http
 
 from pipeline import config, run, stages
 from pipeline.commands.common import make_tracker
@@ -568,26 +568,7 @@ def test_scale_out_postgres_storage_tracking_server_and_two_workers(workdir, cap
 
     pg_url = require_postgres()
     port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{workdir / 'server.db'}",
-            "--artifacts-destination",
-            str(workdir / "server-artifacts"),
-        ],
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # so the server's uvicorn/job-runner children can be stopped too
-    )
+    server = mlflow_server(workdir, port)
     uri = f"http://127.0.0.1:{port}"
     study = f"scale-out-{os.getpid()}"
     try:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, require_postgres, wait_for_http
+from conftest import free_port, mlflow_server, require_postgres, wait_for_http
 from test_study import drop_database, fresh_database
 
 BARRIER = Path(__file__).with_name("barrier_run.py")
@@ -99,26 +99,7 @@ def test_simultaneous_searches_on_fresh_postgresql_and_a_tracking_server_are_one
     server_url = require_postgres()
     optuna_db, mlflow_db = fresh_database(server_url), fresh_database(server_url)
     port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            mlflow_db,
-            "--artifacts-destination",
-            str(workdir / "server-artifacts"),
-        ],
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    server = mlflow_server(workdir, port, mlflow_db)
     uri = f"http://127.0.0.1:{port}"
     try:
         assert wait_for_http(f"{uri}/health") == 200
