@@ -46,6 +46,8 @@ WORKER_ATTR = "worker"
 RUN_ATTR = "mlflow_run_id"
 REASON_ATTR = "fail_reason"
 HEARTBEAT_ATTR = "heartbeat"
+RETRY_ATTR = "retry_of"  # a retried trial: the number of the dead worker's trial it repeats
+RETRY_RUN_ATTR = "retry_of_run"  # ... and that trial's MLflow run, if it had one
 SURPLUS = "not run: other workers' trials already fill n_trials"
 HEARTBEAT_SECONDS = 30.0
 STALE_AFTER_SECONDS = 4 * HEARTBEAT_SECONDS  # a worker on another host is dead after this
@@ -356,8 +358,10 @@ class _Heartbeat:
         while not self._stop.wait(HEARTBEAT_SECONDS):
             try:
                 storage.set_trial_user_attr(trial_id, HEARTBEAT_ATTR, time.time())
-            except Exception:  # noqa: BLE001 - trial finished meanwhile, or storage blip
-                return
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return  # told meanwhile: nothing left to keep alive
+            except Exception as exc:  # noqa: BLE001 - a storage blip: beat again next time, or
+                log.debug("heartbeat of trial %d missed: %s", trial_id, exc)  # look dead
 
     def stop(self) -> None:
         self._stop.set()
@@ -372,6 +376,8 @@ class Trial:
     values: dict[str, Any]
     _trial: optuna.Trial = field(repr=False)
     _heartbeat: _Heartbeat = field(repr=False)
+    retry_of: int | None = None  # a dead worker's trial this one repeats (same params)
+    retry_of_run: str | None = None  # that trial's MLflow run, so the new run can link to it
 
     def should_prune(self, epoch: int, value: float) -> bool:
         """Report an intermediate value; True means the pruner wants this trial stopped."""
@@ -567,8 +573,14 @@ class SearchStudy:
             self._study.tell(trial, state=TrialState.FAIL)
             return None
         values = suggest(trial, self._params.space)
+        retry_of, retry_run = trial.user_attrs.get(RETRY_ATTR), trial.user_attrs.get(RETRY_RUN_ATTR)
         return Trial(
-            trial.number, values, trial, _Heartbeat(self._storage.backend, trial._trial_id)
+            trial.number,
+            values,
+            trial,
+            _Heartbeat(self._storage.backend, trial._trial_id),
+            int(retry_of) if retry_of is not None else None,
+            str(retry_run) if retry_run else None,
         )
 
     def tell_complete(self, trial: Trial, value: float) -> None:
@@ -626,7 +638,9 @@ class SearchStudy:
         self._study.tell(dead.number, state=TrialState.FAIL)
         if dead.retries >= retries:
             return False
-        attrs = {"retry_of": dead.number, "retries": dead.retries + 1}
+        attrs: dict[str, Any] = {RETRY_ATTR: dead.number, "retries": dead.retries + 1}
+        if dead.run_id:
+            attrs[RETRY_RUN_ATTR] = dead.run_id
         self._study.enqueue_trial(dead.params, user_attrs=attrs, skip_if_exists=False)
         return True
 

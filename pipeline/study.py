@@ -44,6 +44,8 @@ PARENT_ATTR = "mlflow_parent_run_id"
 CHAMPION_ATTR = "champion"
 STATE_TAG = "optuna.state"
 RESULT_TAG = "pipeline.objective"  # the trial's objective, written on the run before Optuna
+RETRY_TAG = "pipeline.retry_of_trial"  # on a retried trial's run: the trial it repeats
+RETRY_RUN_TAG = "pipeline.retry_of_run"  # ... and that trial's run (ended KILLED by reconcile)
 INTERRUPTED = "interrupted (Ctrl-C or SIGTERM)"
 STUDY_PAGE = "study_figures.html"  # the parent run's artifact with the study figures
 
@@ -319,6 +321,10 @@ class TrackedStudy:
             "pipeline.trial": str(trial.number),
             STATE_TAG: "RUNNING",
         }
+        if trial.retry_of is not None:  # a dead worker's trial, run again: link the two runs
+            tags[RETRY_TAG] = str(trial.retry_of)
+            if trial.retry_of_run:
+                tags[RETRY_RUN_TAG] = trial.retry_of_run
         told = False
 
         def hook(epoch: int, logs: dict[str, float]) -> bool:

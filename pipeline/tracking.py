@@ -3,11 +3,14 @@
 Runs are created with an explicit `MlflowClient` and passed around by id instead of MLflow's
 per-thread "active run", so trial runs keep their parent under several threads or processes.
 Every run is opened as a context that always ends it with an explicit status: FINISHED,
-FAILED (with the reason as a tag) or KILLED (Ctrl-C / SIGTERM) - never left RUNNING.
+FAILED (with the reason as a tag) or KILLED (Ctrl-C / SIGTERM) - never left RUNNING; a run
+created outside such a context and never ended (a crash in between) is ended FAILED at exit.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import errno
 import functools
 import json
@@ -202,6 +205,42 @@ def _version(name: str) -> str:
         return "absent"
 
 
+# Runs this process created or reopened and has not yet tried to end: ended FAILED at exit, so
+# a crash outside any `run()` context (or a bug that forgets one) never leaves them RUNNING.
+# Keyed by run id: (client, pid) - a forked child never ends its parent's runs.
+_UNENDED: dict[str, tuple[Any, int]] = {}
+
+
+def _end_unended_runs() -> None:
+    """At interpreter exit: end this process's unended runs FAILED (KILLED after Ctrl-C),
+    naming the exception that ended the process. MLflow's own exit hook would mark its
+    active run FINISHED; that one is ended first, the same way."""
+    import mlflow
+
+    exc = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+    reason = f"{type(exc).__name__}: {exc}" if exc is not None else "no exception"
+    error = mask_secret(f"the process exited without ending this run ({reason})")[:5000]
+    active = mlflow.active_run()
+    if active is not None:
+        with contextlib.suppress(Exception):
+            mlflow.end_run(status)
+    while _UNENDED:
+        run_id, (client, pid) = _UNENDED.popitem()
+        if pid != os.getpid():
+            continue
+        try:
+            client.set_tag(run_id, "error", error)
+            client.set_terminated(run_id, status)
+        except Exception as failed:  # noqa: BLE001 - the next start closes it (reconcile)
+            log.warning("run %s could not be marked %s at exit: %s", run_id, status, failed)
+
+
+@functools.cache
+def _end_unended_runs_at_exit() -> None:
+    atexit.register(_end_unended_runs)
+
+
 class Tracker:
     """One experiment in one tracking store, with the run operations the pipeline needs."""
 
@@ -267,7 +306,10 @@ class Tracker:
         all_tags[WORKER_TAG] = f"{socket.gethostname()}:{os.getpid()}"
         if parent_id:
             all_tags[PARENT_TAG] = parent_id
-        return self.client.create_run(self.experiment_id, run_name=name, tags=all_tags).info.run_id
+        _end_unended_runs_at_exit()
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        _UNENDED[run.info.run_id] = (self.client, os.getpid())
+        return run.info.run_id
 
     @contextmanager
     def run(
@@ -289,7 +331,9 @@ class Tracker:
         error, so a run never ends FAILED while still tagged with a state it no longer has.
         """
         if resume_id:
+            _end_unended_runs_at_exit()
             self.client.update_run(resume_id, status="RUNNING")
+            _UNENDED[resume_id] = (self.client, os.getpid())
             run_id = resume_id
         else:
             run_id = self.create_run(name, parent_id=parent_id, tags=tags)
@@ -304,7 +348,7 @@ class Tracker:
         except BaseException as exc:
             self._close_after(run_id, "FAILED", f"{type(exc).__name__}: {exc}", failure_tags)
             raise
-        self.client.set_terminated(run_id, "FINISHED")
+        self.end_run(run_id, "FINISHED")
 
     def _close_after(
         self,
@@ -320,11 +364,15 @@ class Tracker:
                 final["error"] = mask_secret(error)[:5000]
             if final:
                 self.set_tags(run_id, final)
-            self.client.set_terminated(run_id, status)
+            self.end_run(run_id, status)
         except TrackingError as exc:
             log.warning("run %s could not be marked %s: %s", run_id, status, exc)
 
     def end_run(self, run_id: str, status: str) -> None:
+        """End a run with a final status (FINISHED, FAILED, KILLED). Once tried, the run is no
+        longer this process's to end at exit, even if the store refused: reconciliation on the
+        next start closes it then."""
+        _UNENDED.pop(run_id, None)
         self.client.set_terminated(run_id, status)
 
     def close_dead_runs(self) -> int:

@@ -846,3 +846,40 @@ def test_a_train_run_left_running_by_a_killed_process_is_closed_by_the_next_comm
     closed = client.get_run(left.info.run_id)
     assert closed.info.status == "FAILED" and str(proc.pid) in closed.data.tags["error"]
     assert fault_audit.running_runs(store) == []
+
+
+_CRASH_OUTSIDE_ANY_RUN_CONTEXT = """
+import sys
+import mlflow
+from pipeline.tracking import Tracker
+
+tracker = Tracker(sys.argv[1], "crash")
+plain = tracker.create_run("created-not-entered")  # as a study's parent before its `with`
+fluent = tracker.create_run("fluent")
+mlflow.start_run(run_id=fluent)  # MLflow's exit hook would end this one FINISHED
+print(plain, fluent, flush=True)
+raise {exc}("crashed outside any run context")
+"""
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    ("exc", "status"), [("RuntimeError", "FAILED"), ("KeyboardInterrupt", "KILLED")]
+)
+def test_a_crash_outside_any_run_context_ends_the_runs_failed_not_finished_or_running(
+    tmp_path, fault_audit, exc, status
+):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    script = _CRASH_OUTSIDE_ANY_RUN_CONTEXT.format(exc=exc)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, store], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode != 0 and exc in proc.stderr, proc.stderr[-3000:]
+    import mlflow
+
+    client = mlflow.MlflowClient(store)
+    for run_id in proc.stdout.split():
+        ended = client.get_run(run_id)
+        assert ended.info.status == status, (ended.info.run_name, ended.info.status)
+        assert f"{exc}: crashed outside any run context" in ended.data.tags["error"]
+    assert fault_audit.running_runs(store) == []

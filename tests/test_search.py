@@ -225,3 +225,28 @@ def test_ctrl_c_inside_a_journal_write_waits_for_the_write_and_stays_a_ctrl_c(
         study.tell_complete(trial, 0.5)
     assert study.counts().complete == 1  # the write went through whole
     assert study.ask(10) is not None  # and the lock was released: the journal still works
+
+
+def test_the_heartbeat_survives_a_storage_blip_and_stops_once_the_trial_is_told(monkeypatch):
+    """A failed heartbeat write (a dropped connection) must not end the heartbeat: a live
+    trial would then look dead to other hosts after STALE_AFTER_SECONDS and be run twice."""
+    import threading
+
+    import optuna
+
+    monkeypatch.setattr(search, "HEARTBEAT_SECONDS", 0.01)
+    calls, third = [], threading.Event()
+
+    class Flaky:
+        def set_trial_user_attr(self, trial_id, key, value):
+            calls.append(key)
+            if len(calls) == 1:
+                raise ConnectionError("server closed the connection unexpectedly")
+            if len(calls) == 3:
+                third.set()
+                raise optuna.exceptions.UpdateFinishedTrialError("trial is finished")
+
+    beat = search._Heartbeat(Flaky(), trial_id=7)
+    assert third.wait(timeout=60)  # it beat again after the blip, until the trial was told
+    beat._thread.join(timeout=60)
+    assert not beat._thread.is_alive() and calls == [search.HEARTBEAT_ATTR] * 3

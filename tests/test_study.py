@@ -105,6 +105,12 @@ def test_a_worker_killed_at_any_step_of_a_trial_leaves_store_and_study_in_agreem
         )
         retry = [t for t in study._trials() if "retry_of" in t.user_attrs]
         assert len(retry) == 1 and retry[0].params == study._trials()[1].params
+        # The retry's new run links to the killed trial's run (ended KILLED by reconcile).
+        killed = study._trials()[1].user_attrs[search.RUN_ATTR]
+        client, _ = store(workdir)
+        tags = client.get_run(retry[0].user_attrs[search.RUN_ATTR]).data.tags
+        assert tags["pipeline.retry_of_run"] == killed and tags["pipeline.retry_of_trial"] == "1"
+        assert client.get_run(killed).info.status == "KILLED"
     else:
         assert "FAIL" not in states.values()  # finished work kept, never thrown away
 
