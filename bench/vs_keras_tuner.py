@@ -8,12 +8,18 @@ the two bests), with the ratio. The pipeline side is the real search: MLflow tra
 trial, median pruning and TPE, as `python -m pipeline.run` runs it.
 Needs Keras Tuner: `pip install -e ".[bench]"`.
 
-    python bench/vs_keras_tuner.py [--trials 12] [--epochs 30]
+Over several seeds (each seed changes the split, the samplers and the initial weights) it
+prints, per Keras Tuner tuner (RandomSearch, BayesianOptimization, Hyperband), min / median /
+max of the time ratio to the same best accuracy (tuner time / pipeline time: above 1 means
+the pipeline got there faster) and of the accuracy gap at equal wall time.
+
+    python bench/vs_keras_tuner.py [--trials 12] [--epochs 30] [--seeds 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -103,55 +109,82 @@ def time_to(points: list[tuple[float, float]], target: float) -> float:
     return next(t for t, v in points if v >= target - 1e-9)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--trials", type=int, default=12)
-    ap.add_argument("--epochs", type=int, default=30)
-    a = ap.parse_args()
-    repo = Path(__file__).resolve().parent.parent
-    params = config.load(repo / "params" / "default.yaml", [f"train.epochs={a.epochs}"])
+def best_at(points: list[tuple[float, float]], seconds: float) -> float:
+    """Best validation accuracy reached within `seconds` (0 if no trial had finished)."""
+    return max((v for t, v in points if t <= seconds + 1e-9), default=0.0)
+
+
+def tuners(hm: Space, trials: int, epochs: int, seed: int, tmp: str) -> dict[str, kt.Tuner]:
+    common = {"objective": "val_accuracy", "seed": seed, "directory": tmp, "overwrite": True}
+    return {
+        "RandomSearch": kt.RandomSearch(hm, max_trials=trials, project_name="rs", **common),
+        "BayesianOptimization": kt.BayesianOptimization(
+            hm, max_trials=trials, project_name="bo", **common
+        ),
+        "Hyperband": kt.Hyperband(
+            hm, max_epochs=epochs, factor=3, hyperband_iterations=1, project_name="hb", **common
+        ),
+    }
+
+
+def one_seed(repo: Path, seed: int, trials: int, epochs: int) -> dict[str, list]:
+    """Every tool's (seconds, best-so-far) points for one seed (data split, samplers, inits)."""
+    params = config.load(
+        repo / "params" / "default.yaml", [f"train.epochs={epochs}"], extra={"seed": seed}
+    )
     prep = stages.prepare(params)
     stages.fit(params, prep, seed=params.seed)  # warm-up for both sides
     n = len(prep.scaled.y_train)
     steps = {b: -(-n // b) for b in params.search.space["train.batch_size"]["choices"]}
-    results = {"pipeline (TPE + median pruner, MLflow)": pipeline_side(params, prep, a.trials)}
+    results = {OURS: pipeline_side(params, prep, trials)}
     with tempfile.TemporaryDirectory() as tmp:
-        hm = Space(params, steps)
-        rs = kt.RandomSearch(
-            hm,
-            objective="val_accuracy",
-            max_trials=a.trials,
-            seed=params.seed,
-            directory=tmp,
-            project_name="rs",
-            overwrite=True,
-        )
-        results["Keras Tuner RandomSearch"] = tuner_side(rs, prep, a.epochs)
-        hb = kt.Hyperband(
-            hm,
-            objective="val_accuracy",
-            max_epochs=a.epochs,
-            factor=3,
-            hyperband_iterations=1,
-            seed=params.seed,
-            directory=tmp,
-            project_name="hb",
-            overwrite=True,
-        )
-        results["Keras Tuner Hyperband"] = tuner_side(hb, prep, a.epochs)
-    ours = results["pipeline (TPE + median pruner, MLflow)"]
-    for name, pts in results.items():
-        print(
-            f"{name:<40} {len(pts):>3} trials, {pts[-1][0]:6.1f} s, best val_accuracy "
-            f"{pts[-1][1]:.4f}"
-        )
-    for name, pts in list(results.items())[1:]:
-        target = min(pts[-1][1], ours[-1][1])
-        t_ours, t_kt = time_to(ours, target), time_to(pts, target)
-        print(
-            f"time to val_accuracy {target:.4f}: pipeline {t_ours:.1f} s, {name} {t_kt:.1f} s "
-            f"-> {t_kt / t_ours:.2f}x"
-        )
+        for name, tuner in tuners(Space(params, steps), trials, epochs, seed, tmp).items():
+            results[name] = tuner_side(tuner, prep, epochs)
+    return results
+
+
+OURS = "pipeline"
+
+
+def spread(values: list[float], fmt: str = "{:.2f}") -> str:
+    """min / median / max of a list, as text."""
+    return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trials", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (split, samplers, inits)")
+    a = ap.parse_args()
+    repo = Path(__file__).resolve().parent.parent
+    speedup: dict[str, list[float]] = {}
+    acc_gap: dict[str, list[float]] = {}
+    for seed in range(a.seeds):
+        results = one_seed(repo, seed, a.trials, a.epochs)
+        ours = results[OURS]
+        for name, pts in results.items():
+            print(
+                f"seed {seed}: {name:<22} {len(pts):>3} trials, {pts[-1][0]:6.1f} s, "
+                f"best val_accuracy {pts[-1][1]:.4f}",
+                flush=True,
+            )
+        for name, pts in results.items():
+            if name == OURS:
+                continue
+            target = min(pts[-1][1], ours[-1][1])  # the accuracy both reached
+            speedup.setdefault(name, []).append(time_to(pts, target) / time_to(ours, target))
+            equal = min(pts[-1][0], ours[-1][0])  # the wall time both used
+            acc_gap.setdefault(name, []).append(best_at(ours, equal) - best_at(pts, equal))
+    print(
+        f"\n{a.seeds} seeds, {a.trials} trials of up to {a.epochs} epochs each (min / median / max)"
+    )
+    print(
+        f"{'vs Keras Tuner':<22} {'time to the same best val_accuracy: ratio':<44} "
+        "val_accuracy at equal wall time: pipeline - tuner"
+    )
+    for name in speedup:
+        print(f"{name:<22} {spread(speedup[name]) + ' x':<44} {spread(acc_gap[name], '{:+.4f}')}")
 
 
 if __name__ == "__main__":
