@@ -28,6 +28,7 @@ def main() -> None:
         [f"train.epochs={args.epochs}", "search.pruner=none", f"search.n_trials={args.trials}"],
     )
     prep = stages.prepare(params)
+    params = stages.resolve_metric(params, prep)
     model.release()
     stages.fit(params, prep, seed=params.seed)  # warm-up: TensorFlow start, first tracing
 

@@ -108,11 +108,28 @@ class TrainParams(_Section):
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
 
 
+# The one rule for which way a metric is better, by its name without `val_`/`test_`.
+_MINIMIZE = ("loss", "mse", "rmse", "mae")
+_MAXIMIZE = ("accuracy", "f1", "precision", "recall", "roc_auc", "r2")
+
+
+def direction_of(metric: str) -> Literal["maximize", "minimize"] | None:
+    """`minimize` for losses and errors (loss, mse, rmse, mae), `maximize` for scores
+    (accuracy, f1, precision, recall, roc_auc, r2); None for a name the rule does not know."""
+    name = metric.removeprefix("val_").removeprefix("test_")
+    if name in _MINIMIZE:
+        return "minimize"
+    if name in _MAXIMIZE:
+        return "maximize"
+    return None
+
+
 class SearchParams(_Section):
     n_trials: int = Field(20, ge=1)
     timeout: float | None = Field(None, gt=0)
-    metric: str = "val_accuracy"
-    direction: Literal["maximize", "minimize"] = "maximize"
+    # auto: val_accuracy for classification, val_rmse for regression (set once the task is known)
+    metric: str = "auto"
+    direction: Literal["auto", "maximize", "minimize"] = "auto"  # auto: from the metric
     sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
     n_startup_trials: int = Field(5, ge=0)
@@ -120,6 +137,29 @@ class SearchParams(_Section):
     recycle_after: int = Field(50, ge=0)  # trials per worker process before a fresh one (0: never)
     top_k: int = Field(5, ge=1)
     space: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _direction_from_the_metric(cls, data: Any) -> Any:
+        """direction: auto becomes the metric's own as soon as the metric is named (it stays
+        auto only while the metric does: that waits for the data's task)."""
+        if isinstance(data, dict) and data.get("direction", "auto") == "auto":
+            metric = data.get("metric", "auto")
+            natural = direction_of(metric) if isinstance(metric, str) else None
+            if natural is not None:
+                data = {**data, "direction": natural}
+        return data
+
+    @model_validator(mode="after")
+    def _direction_suits_the_metric(self) -> SearchParams:
+        natural = direction_of(self.metric)
+        if self.direction != "auto" and natural is not None and natural != self.direction:
+            raise ValueError(
+                f"search.direction {self.direction} contradicts search.metric {self.metric} "
+                f"(it is better {'lower' if natural == 'minimize' else 'higher'}); set "
+                f"direction: {natural}, or auto"
+            )
+        return self
 
 
 class TrackingParams(_Section):

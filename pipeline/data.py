@@ -101,6 +101,33 @@ class Scaler:
         return cls(np.asarray(d["minimum"], dtype=np.float64), np.asarray(d["span"], np.float64))
 
 
+@dataclass(frozen=True)
+class TargetScaler:
+    """Standardization of a regression target learned from the training split:
+    y' = (y - mean) / scale.
+
+    The network fits the standardized target (a raw target such as 25-346 is far from the
+    unit-scale outputs its initializers and learning rates are made for); every metric, plot and
+    prediction maps its outputs back with `inverse`, so they are in the target's own units.
+    """
+
+    mean: float
+    scale: float
+
+    def transform(self, y: np.ndarray) -> np.ndarray:
+        return ((np.asarray(y, dtype=np.float64) - self.mean) / self.scale).astype(np.float32)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        return np.asarray(y, dtype=np.float64) * self.scale + self.mean
+
+    def to_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "scale": self.scale}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, float]) -> TargetScaler:
+        return cls(float(d["mean"]), float(d["scale"]))
+
+
 # -- load -----------------------------------------------------------------------------------
 
 
@@ -444,6 +471,14 @@ def normalize(splits: Splits) -> tuple[Splits, Scaler]:
         policy=splits.policy,
     )
     return scaled, scaler
+
+
+def fit_target_scaler(y_train: np.ndarray) -> TargetScaler:
+    """Learn the regression target's mean and standard deviation from the training rows only
+    (no leakage); a constant target keeps scale 1, so it maps to 0, never NaN."""
+    y = np.asarray(y_train, dtype=np.float64)
+    std = float(y.std())
+    return TargetScaler(mean=float(y.mean()), scale=std if std > 0 else 1.0)
 
 
 def preview(names: Sequence[str], limit: int = 8) -> str:

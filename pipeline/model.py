@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import ModelParams, TrainParams
-from pipeline.data import Splits
+from pipeline.data import Splits, TargetScaler
 from pipeline.errors import TrainingDiverged
 
 # on_epoch(epoch, logs) -> True asks training to stop now (used for pruning).
@@ -265,13 +265,23 @@ def _roc_auc(score: np.ndarray, y: np.ndarray) -> float:
 
 
 def _make_callback(
-    on_epoch: EpochHook | None, X_val: np.ndarray, y_val: np.ndarray, task: str, n_classes: int
+    on_epoch: EpochHook | None,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    task: str,
+    n_classes: int,
+    target: TargetScaler | None = None,
 ) -> Any:
     import keras
 
     class EpochRecorder(keras.callbacks.Callback):
         """Adds validation metrics, records the learning rate used, catches divergence and
-        runs the hook. It runs first, so EarlyStopping and History see the val_* entries."""
+        runs the hook. It runs first, so EarlyStopping and History see the val_* entries.
+
+        With a standardized regression target, the network's outputs are mapped back and the
+        training loss, RMSE and MAE rescaled, so every logged number is in the target's units
+        (a constant factor: early stopping and pruning decide exactly as on the scaled values).
+        """
 
         def __init__(self) -> None:
             super().__init__()
@@ -287,6 +297,11 @@ def _make_callback(
             if logs is None:
                 logs = {}
             scores = np.asarray(self.model.predict_on_batch(X_val))
+            if target is not None:
+                scores = target.inverse(scores)
+                for key, power in (("loss", 2), ("rmse", 1), ("mae", 1)):
+                    if key in logs:
+                        logs[key] = float(logs[key]) * target.scale**power
             logs.update(
                 validation_logs(scores, y_val, task, n_classes)
             )  # shared with later callbacks
@@ -314,11 +329,15 @@ def train(
     on_epoch: EpochHook | None = None,
     inputs: TrainInput | None = None,
     shuffle: bool = True,
+    target: TargetScaler | None = None,
 ) -> TrainResult:
     """Build and fit the MLP on the (normalized) train split, validating on the val split.
 
-    `inputs` is the train split prepared once as model input (see TrainInput); without it,
-    the arrays are fed as they are. Seeded and deterministic: the same params and seed give
+    `inputs` is the train split prepared once as model input (see TrainInput), with the target
+    as the network fits it; without it, the arrays are fed as they are. `target` (regression)
+    standardizes y_train for fitting; splits' targets stay in their own units, and so does every
+    metric and the history (the returned model's outputs need `target.inverse`, see
+    predict_scores). Seeded and deterministic: the same params and seed give
     the same weights and metrics. Raises TrainingDiverged when the loss or a metric turns NaN
     or infinite.
     """
@@ -346,7 +365,7 @@ def train(
         # Run several steps per graph call: small MLPs are bound by per-step overhead.
         steps_per_execution=min(steps, _MAX_STEPS_PER_EXECUTION),
     )
-    recorder = _make_callback(on_epoch, splits.X_val, splits.y_val, task, n_classes)
+    recorder = _make_callback(on_epoch, splits.X_val, splits.y_val, task, n_classes, target)
     callbacks: list[Any] = [recorder]
     es = train_params.early_stopping
     if es.patience > 0:
@@ -360,7 +379,8 @@ def train(
             "shuffle": False,
         }
     else:
-        data = {"x": splits.X_train, "y": splits.y_train, "batch_size": train_params.batch_size}
+        y_fit = splits.y_train if target is None else target.transform(splits.y_train)
+        data = {"x": splits.X_train, "y": y_fit, "batch_size": train_params.batch_size}
         data["shuffle"] = shuffle
     fit = model.fit(**data, epochs=train_params.epochs, verbose=0, callbacks=callbacks)
     history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
@@ -377,8 +397,11 @@ def train(
     return TrainResult(model, history, epochs_run, seconds, stopped_by)
 
 
-def predict_scores(model: Any, X: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-    """Raw model outputs: class probabilities (n, k), a binary probability (n, 1) or values.
+def predict_scores(
+    model: Any, X: np.ndarray, batch_size: int = 4096, *, target: TargetScaler | None = None
+) -> np.ndarray:
+    """Model outputs: class probabilities (n, k), a binary probability (n, 1) or values (n, 1),
+    the latter mapped back to the target's units with `target` (a standardized target).
 
     Direct calls in large batches, not `model.predict`: predict builds a tf.data pipeline per
     call, which costs more than a small MLP's forward pass and logs TensorFlow noise.
@@ -390,7 +413,8 @@ def predict_scores(model: Any, X: np.ndarray, batch_size: int = 4096) -> np.ndar
         keras.ops.convert_to_numpy(model(X[i : i + batch_size], training=False))
         for i in range(0, max(len(X), 1), batch_size)
     ]
-    return np.concatenate(parts) if len(X) else np.asarray(parts[0])
+    out = np.concatenate(parts) if len(X) else np.asarray(parts[0])
+    return out if target is None else target.inverse(out)
 
 
 def to_labels(scores: np.ndarray, task: str) -> np.ndarray:
@@ -402,12 +426,21 @@ def to_labels(scores: np.ndarray, task: str) -> np.ndarray:
     return scores.argmax(axis=1).astype(np.int64)
 
 
-def evaluate(model: Any, X: np.ndarray, y: np.ndarray, *, task: str, n_classes: int) -> dict:
+def evaluate(
+    model: Any,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    task: str,
+    n_classes: int,
+    target: TargetScaler | None = None,
+) -> dict:
     """Metrics on one split: accuracy, loss, macro precision/recall/F1, ROC AUC (binary);
-    MSE, RMSE, MAE, R² and loss (= MSE) for regression."""
+    MSE, RMSE, MAE, R² and loss (= MSE) for regression, in y's units (`target` maps the
+    outputs of a network fitted on a standardized target back)."""
     from sklearn import metrics as skm
 
-    scores = predict_scores(model, X)
+    scores = predict_scores(model, X, target=target)
     if task == "regression":
         pred = scores.reshape(-1)
         mse = float(skm.mean_squared_error(y, pred))

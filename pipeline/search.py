@@ -653,6 +653,11 @@ def _study_id(backend: optuna.storages.BaseStorage, name: str) -> int | None:
 
 
 def _create(backend: optuna.storages.BaseStorage, name: str, params: SearchParams) -> int:
+    if "auto" in (params.metric, params.direction):
+        raise SearchError(
+            f"study {name!r}: search.metric and search.direction `auto` depend on the data's "
+            "task; resolve them (stages.resolve_metric) before creating a study."
+        )
     direction = optuna.study.StudyDirection[params.direction.upper()]
     try:
         study_id = backend.create_new_study([direction], name)
@@ -666,7 +671,8 @@ def _create(backend: optuna.storages.BaseStorage, name: str, params: SearchParam
 def _check_resumable(
     backend: optuna.storages.BaseStorage, study_id: int, name: str, params: SearchParams
 ) -> None:
-    """Refuse a study whose search space or direction differs from the params now."""
+    """Refuse a study whose search space or direction differs from the params now (`auto`
+    resumes the study's own)."""
     old = backend.get_study_user_attrs(study_id).get("space")
     if old is not None and old != space_fingerprint(params.space):
         raise SearchError(
@@ -675,7 +681,7 @@ def _check_resumable(
             "or --study NAME for a separate study."
         )
     direction = backend.get_study_directions(study_id)[0].name.lower()
-    if direction != params.direction:
+    if params.direction != "auto" and direction != params.direction:
         raise SearchError(
             f"study {name!r} was created to {direction}; search.direction is "
             f"{params.direction}. Use --new or another --study name."
@@ -723,7 +729,9 @@ def open_study(
             sampler=_sampler(params, seed + history + 7919 * slot),
             pruner=_pruner(params, max_epochs),
         )
-        if study.metric_names is None:  # named, so optuna-dashboard labels the objective
+        if (
+            study.metric_names is None and params.metric != "auto"
+        ):  # named, so optuna-dashboard labels the objective
             study.set_metric_names([params.metric])
     return SearchStudy(study, storage, params)
 

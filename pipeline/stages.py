@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from pipeline.data import Dataset, Scaler, Splits
+    from pipeline.data import Dataset, Scaler, Splits, TargetScaler
     from pipeline.model import EpochHook, TrainInput, TrainResult
     from pipeline.tracking import Tracker
 
@@ -35,16 +35,23 @@ METRICS = {
     ),
     "regression": ("val_loss", "val_mse", "val_rmse", "val_mae", "val_r2"),
 }
+# What `search.metric: auto` means, per task.
+DEFAULT_METRIC = {"classification": "val_accuracy", "regression": "val_rmse"}
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """Data loaded, split and normalized once, shared by every trial of a study."""
+    """Data loaded, split and normalized once, shared by every trial of a study.
+
+    `scaled` holds MinMax-scaled features and the targets in their own units; a regression
+    target is standardized (`target`, fitted on the train split) only where the network fits it.
+    """
 
     dataset: Dataset
     raw: Splits  # unscaled splits (for input examples and prediction checks)
     scaled: Splits
     scaler: Scaler
+    target: TargetScaler | None = None  # regression: what the network's outputs are mapped by
     _inputs: list[TrainInput] = field(default_factory=list, compare=False, repr=False)
 
     def train_input(self) -> TrainInput:
@@ -53,7 +60,12 @@ class Prepared:
         if not self._inputs:
             from pipeline.model import TrainInput
 
-            self._inputs.append(TrainInput(self.scaled.X_train, self.scaled.y_train))
+            y = self.scaled.y_train
+            self._inputs.append(
+                TrainInput(
+                    self.scaled.X_train, y if self.target is None else self.target.transform(y)
+                )
+            )
         return self._inputs[0]
 
 
@@ -71,26 +83,38 @@ def experiment_name(params: config.Params) -> str:
 
 
 def prepare(params: config.Params) -> Prepared:
-    """Load, split and normalize (scaler fitted on the training split only)."""
+    """Load, split and normalize (scalers of features and regression target fitted on the
+    training split only)."""
     from pipeline import data
 
     dataset = data.load(params.data)
     raw = data.split(dataset, params.split, seed=params.seed)
     scaled, scaler = data.normalize(raw)
-    return Prepared(dataset, raw, scaled, scaler)
+    target = data.fit_target_scaler(raw.y_train) if dataset.task == "regression" else None
+    return Prepared(dataset, raw, scaled, scaler, target)
 
 
-def check_metric(params: config.Params, prep: Prepared) -> None:
-    """Refuse a search metric the task cannot produce, before anything is written."""
+def resolve_metric(params: config.Params, prep: Prepared) -> config.Params:
+    """`params` with search.metric and search.direction made concrete for the data's task:
+    `auto` metric = DEFAULT_METRIC[task], `auto` direction = config.direction_of(metric).
+
+    Refuses a search metric the task cannot produce, before anything is written.
+    """
     task, n_classes = prep.dataset.task, prep.dataset.n_classes
-    metric = params.search.metric
+    sp = params.search
+    metric = DEFAULT_METRIC[task] if sp.metric == "auto" else sp.metric
     binary_only = metric == "val_roc_auc" and n_classes != 2
     if metric not in METRICS[task] or binary_only:
         raise PipelineError(
             f"search.metric {metric!r} is not available for {task}; use one of "
-            f"{', '.join(METRICS[task])} (with a matching search.direction; val_roc_auc needs "
-            "two classes)."
+            f"{', '.join(METRICS[task])}, or auto (val_roc_auc needs two classes)."
         )
+    direction = config.direction_of(metric) if sp.direction == "auto" else sp.direction
+    if (metric, direction) == (sp.metric, sp.direction):
+        return params
+    return config.with_values(
+        params, {"search.metric": metric, "search.direction": direction}, origin="search.metric"
+    )
 
 
 def start_keras(*, threads: int | None = None) -> None:
@@ -129,6 +153,7 @@ def fit(
         seed=seed,
         on_epoch=on_epoch,
         inputs=prep.train_input(),
+        target=prep.target,
     )
 
 
@@ -139,7 +164,9 @@ def score(result: TrainResult, prep: Prepared, split: str) -> dict[str, float]:
     X = getattr(prep.scaled, f"X_{split}")
     y = getattr(prep.scaled, f"y_{split}")
     ds = prep.dataset
-    metrics = model.evaluate(result.model, X, y, task=ds.task, n_classes=ds.n_classes)
+    metrics = model.evaluate(
+        result.model, X, y, task=ds.task, n_classes=ds.n_classes, target=prep.target
+    )
     return {f"{split}_{k}": v for k, v in metrics.items()}
 
 
@@ -229,7 +256,8 @@ def log_champion(
     test = score(result, prep, "test")
     tracker.log_metrics(run_id, test)
     tracker.log_figure(run_id, report.learning_curves(result.history), "learning_curves.png")
-    pred = model.to_labels(model.predict_scores(result.model, prep.scaled.X_test), ds.task)
+    scores = model.predict_scores(result.model, prep.scaled.X_test, target=prep.target)
+    pred = model.to_labels(scores, ds.task)
     if ds.task == "classification":
         fig = report.confusion_matrix_figure(prep.scaled.y_test, pred, ds.classes)
         tracker.log_figure(run_id, fig, "confusion_matrix.png")
@@ -241,6 +269,7 @@ def log_champion(
         )
     preprocess = {
         "scaler": prep.scaler.to_dict(),
+        "target_scaler": prep.target.to_dict() if prep.target is not None else None,
         "features": list(ds.feature_names),
         "classes": list(ds.classes),
         "task": ds.task,

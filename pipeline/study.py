@@ -171,6 +171,7 @@ class TrackedStudy:
         trainer: Trainer | None = None,
     ) -> TrackedStudy:
         """Open or resume the study and elect its parent run (exactly one per study)."""
+        params = stages.resolve_metric(params, prep)
         study = search.open_study(
             name, storage, params.search, seed=params.seed, max_epochs=params.train.epochs, new=new
         )

@@ -647,11 +647,14 @@ class ServingModel:
 
     def load_from(self, keras_path: str, preprocess_path: str) -> None:
         from pipeline import model as keras_model
-        from pipeline.data import Scaler
+        from pipeline.data import Scaler, TargetScaler
 
         meta = json.loads(Path(preprocess_path).read_text())
         self.net = keras_model.load(keras_path)
         self.scaler = Scaler.from_dict(meta["scaler"])
+        # A regression model's outputs are in standardized units (absent: models logged before)
+        target = meta.get("target_scaler")
+        self.target_scaler = TargetScaler.from_dict(target) if target else None
         self.features = tuple(meta["features"])
         self.classes = list(meta["classes"])
         self.task = meta["task"]
@@ -669,7 +672,7 @@ class ServingModel:
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         X = self.scaler.transform(features_from_frame(frame, self.features))
-        scores = keras_model.predict_scores(self.net, X)
+        scores = keras_model.predict_scores(self.net, X, target=self.target_scaler)
         codes = keras_model.to_labels(scores, self.task)
         if self.task == "regression":
             return pd.DataFrame({"prediction": codes.astype(float)})

@@ -106,3 +106,17 @@ def test_space_fingerprint_changes_with_the_space() -> None:
     b = config.space_fingerprint({"model.dropout": {"low": 0.0, "high": 0.6}})
     assert a != b
     assert a == config.space_fingerprint({"model.dropout": {"high": 0.5, "low": 0.0}})
+
+
+def test_direction_follows_the_metric_and_a_contradiction_is_refused(tmp_path: Path) -> None:
+    assert [config.direction_of(m) for m in ("val_loss", "val_rmse", "val_mae", "val_mse")] == [
+        "minimize"
+    ] * 4
+    assert {
+        config.direction_of(m) for m in ("val_accuracy", "val_f1", "val_r2", "val_roc_auc")
+    } == {"maximize"}
+    params = config.Params()
+    assert (params.search.metric, params.search.direction) == ("auto", "auto")
+    assert config.load(write(tmp_path, "search: {metric: val_r2}\n")).search.direction == "maximize"
+    with pytest.raises(ConfigError, match="contradicts search.metric val_rmse"):
+        config.load(write(tmp_path, "search: {metric: val_rmse, direction: maximize}\n"))

@@ -213,6 +213,41 @@ def test_evaluate_classification_and_binary_auc():
     assert m["roc_auc"] > 0.9 and m["accuracy"] > 0.8
 
 
+def test_a_standardized_target_is_fitted_but_every_metric_is_in_the_targets_units():
+    """A target in the hundreds is fitted standardized; per-epoch val_* (pruning, early stopping,
+    the UI's curves), the training curves and evaluate() all speak the target's own units."""
+    from pipeline.data import fit_target_scaler
+
+    s = regression()
+    big = Splits(s.X_train, s.y_train * 50 + 200, s.X_val, s.y_val * 50 + 200, s.X_test, s.y_test)
+    target = fit_target_scaler(big.y_train)
+    seen: list[dict[str, float]] = []
+    res = model.train(
+        big,
+        SMALL,
+        TrainParams(epochs=3, batch_size=16, learning_rate=0.02),
+        task="regression",
+        n_classes=0,
+        seed=0,
+        on_epoch=lambda epoch, logs: seen.append(dict(logs)) and False,
+        target=target,
+    )
+    final = model.evaluate(
+        res.model, big.X_val, big.y_val, task="regression", n_classes=0, target=target
+    )
+    for name in ("loss", "mse", "rmse", "mae", "r2"):
+        assert seen[-1][f"val_{name}"] == pytest.approx(final[name], rel=1e-4), name
+    assert res.history["val_rmse"][-1] == pytest.approx(final["rmse"], rel=1e-4)
+    # The training curve too: Keras's loss and RMSE on the standardized target, rescaled.
+    assert all(
+        res.history["loss"][i] == pytest.approx(res.history["rmse"][i] ** 2, rel=0.05)
+        for i in range(3)
+    )
+    assert 0.2 < res.history["rmse"][-1] / res.history["val_rmse"][-1] < 5  # same units
+    pred = model.predict_scores(res.model, big.X_val, target=target)
+    assert float(np.sqrt(np.mean((pred[:, 0] - big.y_val) ** 2))) == pytest.approx(final["rmse"])
+
+
 def test_regression_metrics():
     rng = np.random.default_rng(0)
     X = rng.uniform(size=(100, 2)).astype(np.float32)

@@ -8,6 +8,7 @@ from conftest import MISSION_KEYS, free_port, mlflow_server, require_postgres, w
 
 from pipeline import config, run, stages
 from pipeline.commands.common import make_tracker
+from pipeline.errors import PipelineError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -614,6 +615,70 @@ def test_search_metric_must_suit_the_task(workdir, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "search.metric 'val_rmse'" in err and "val_accuracy" in err
     assert not (workdir / "mlruns").exists()
+
+
+def diabetes_csv(path: Path) -> Path:
+    """scikit-learn's diabetes set (442 rows, target 25-346) as a CSV with a header."""
+    from sklearn.datasets import load_diabetes
+
+    load_diabetes(as_frame=True).frame.to_csv(path, index=False)
+    return path
+
+
+def test_search_metric_auto_follows_the_task(workdir):
+    """auto: val_accuracy (maximize) for classification, val_rmse (minimize) for regression."""
+    default = REPO / "params" / "default.yaml"
+    csv = diabetes_csv(workdir / "diabetes.csv")
+    for source, expected in (
+        ("iris", ("val_accuracy", "maximize")),
+        (csv, ("val_rmse", "minimize")),
+    ):
+        params = config.load(default, [f"data.source={source}"])
+        resolved = stages.resolve_metric(params, stages.prepare(params)).search
+        assert (resolved.metric, resolved.direction) == expected
+    params = config.load(default, [f"data.source={csv}", "search.metric=val_r2"])
+    assert stages.resolve_metric(params, stages.prepare(params)).search.direction == "maximize"
+    params = config.load(default, [f"data.source={csv}", "search.metric=val_accuracy"])
+    with pytest.raises(PipelineError, match="'val_accuracy' is not available for regression"):
+        stages.resolve_metric(params, stages.prepare(params))
+
+
+@pytest.mark.slow
+def test_regression_on_diabetes_fits_a_standardized_target_and_reports_real_units(
+    workdir, store_uri
+):
+    """The raw target (25-346) fitted unscaled left the default MLP at test R² 0.35 after 30
+    epochs, below a linear regression's 0.45 on the same split; standardized (fitted on the
+    train split), it matches the linear model. Metrics, per-epoch curves and `predict` are in
+    the target's own units."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    from sklearn.linear_model import LinearRegression
+    from sklearn.metrics import r2_score
+
+    diabetes_csv(workdir / "diabetes.csv")
+    argv = ["train", "--tracking-uri", store_uri, "--set", "data.source=diabetes.csv"]
+    assert run.main(argv) == 0
+    params = config.load(REPO / "params" / "default.yaml", ["data.source=diabetes.csv"])
+    assert params.train.epochs == 30
+    prep = stages.prepare(params)  # the very split `train` used (same seed)
+    linear = LinearRegression().fit(prep.raw.X_train, prep.raw.y_train)
+    linear_r2 = r2_score(prep.raw.y_test, linear.predict(prep.raw.X_test))
+    client = mlflow.MlflowClient(store_uri)
+    (logged,) = client.search_runs(["1"])
+    metrics = logged.data.metrics
+    assert metrics["test_r2"] >= 0.9 * linear_r2, (metrics["test_r2"], linear_r2)
+    # Per-epoch val_rmse in the target's units: the restored best epoch's is the final one.
+    curve = [m.value for m in client.get_metric_history(logged.info.run_id, "val_rmse")]
+    assert min(curve) == pytest.approx(metrics["val_rmse"], rel=1e-3) and min(curve) > 20
+    # predict answers in the target's units: its R² on the test rows is the logged test_r2.
+    stages.frame(prep, prep.raw.X_test).to_csv(workdir / "test.csv", index=False)
+    model_uri = client.search_logged_models(["1"])[0].model_uri
+    assert run.main(predict_argv(model_uri, store_uri)) == 0
+    pred = pd.read_csv(workdir / "pred.csv")["prediction"].to_numpy()
+    assert r2_score(prep.raw.y_test, pred) == pytest.approx(metrics["test_r2"], abs=1e-3)
+    assert np.mean(pred) == pytest.approx(np.mean(prep.raw.y_test), rel=0.2)
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ SPACE = {
 
 
 def params(**kw):
+    kw.setdefault("metric", "val_accuracy")
     return SearchParams(space=kw.pop("space", SPACE), n_startup_trials=2, **kw)
 
 
@@ -107,7 +108,7 @@ def test_changed_space_refuses_to_resume_and_new_starts_over(tmp_path):
     with pytest.raises(SearchError, match="--new"):
         study_at(tmp_path, changed)
     with pytest.raises(SearchError, match="maximize"):
-        study_at(tmp_path, params(direction="minimize"))
+        study_at(tmp_path, params(metric="val_loss", direction="minimize"))
     fresh = study_at(tmp_path, changed, new=True)
     assert fresh.counts().finished == 0
 

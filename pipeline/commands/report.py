@@ -13,6 +13,7 @@ from pipeline.errors import PipelineError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from pipeline.config import SearchParams
     from pipeline.tracking import Tracker
 
 # The champion run's images that the --html page shows, with their section titles.
@@ -43,9 +44,15 @@ def _scalar(text: str | None) -> Any:
         return text
 
 
-def trials_frame(tracker: Tracker, study: str, metric: str, keys: list[str]) -> pd.DataFrame:
-    """One row per trial run of the study in the tracking store (no Optuna storage needed)."""
+def trials_frame(
+    tracker: Tracker, study: str, sp: SearchParams, keys: list[str]
+) -> tuple[pd.DataFrame, str, str]:
+    """One row per trial run of the study in the tracking store (no Optuna storage needed),
+    with the metric and direction it was searched by: `auto` in the params means what its
+    trial runs logged (the metric `auto` resolved to for the study's data)."""
     import pandas as pd
+
+    from pipeline.config import direction_of
 
     runs = tracker.runs(f"tags.`pipeline.study` = '{study}'")
     trials = [r for r in runs if "pipeline.trial" in r.data.tags]
@@ -55,6 +62,9 @@ def trials_frame(tracker: Tracker, study: str, metric: str, keys: list[str]) -> 
             f"{tracker.experiment_name!r}). Run `search` first, or pass --study, -p or "
             "--tracking-uri."
         )
+    logged = trials[0].data.params
+    metric = sp.metric if sp.metric != "auto" else logged.get("search.metric", "val_accuracy")
+    direction = sp.direction if sp.direction != "auto" else direction_of(metric) or "maximize"
     rows = []
     for r in trials:
         row = {
@@ -66,7 +76,7 @@ def trials_frame(tracker: Tracker, study: str, metric: str, keys: list[str]) -> 
         }
         row.update({f"params_{k}": _scalar(r.data.params.get(k)) for k in keys})
         rows.append(row)
-    return pd.DataFrame(rows).sort_values("number")
+    return pd.DataFrame(rows).sort_values("number"), metric, direction
 
 
 def _champion_run(tracker: Tracker, study: str) -> str | None:
@@ -82,10 +92,9 @@ def main(args: argparse.Namespace) -> int:
     params = load_params(args)
     tracker = make_tracker(params)
     study = args.study or stages.experiment_name(params)
-    metric = params.search.metric
-    maximize = params.search.direction == "maximize"
     keys = list(params.search.space)
-    frame = trials_frame(tracker, study, metric, keys)
+    frame, metric, direction = trials_frame(tracker, study, params.search, keys)
+    maximize = direction == "maximize"
     ranked = frame[frame["state"] == "COMPLETE"].sort_values("value", ascending=not maximize)
     shown = [
         {

@@ -64,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise PipelineError(f"--workers {args.workers}: give 1 or more worker processes.")
     prep = stages.prepare(params)
-    stages.check_metric(params, prep)
+    params = stages.resolve_metric(params, prep)  # `auto` made concrete; a wrong one refused
     # K single-threaded workers beat one K-threaded process on a small machine.
     stages.start_keras(threads=1 if args.workers > 1 or args.spawned else None)
     tracker = make_tracker(params)
