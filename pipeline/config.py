@@ -136,6 +136,8 @@ class SearchParams(_Section):
     retries: int = Field(1, ge=0)
     recycle_after: int = Field(50, ge=0)  # trials per worker process before a fresh one (0: never)
     top_k: int = Field(5, ge=1)
+    # An earlier study (same storage) whose best top_k complete param sets are tried first.
+    warm_start: str | None = None
     space: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="before")

@@ -48,6 +48,7 @@ REASON_ATTR = "fail_reason"
 HEARTBEAT_ATTR = "heartbeat"
 RETRY_ATTR = "retry_of"  # a retried trial: the number of the dead worker's trial it repeats
 RETRY_RUN_ATTR = "retry_of_run"  # ... and that trial's MLflow run, if it had one
+WARM_ATTR = "warm_start_from"  # on a warm-start trial: "<earlier study>#<its trial number>"
 SURPLUS = "not run: other workers' trials already fill n_trials"
 HEARTBEAT_SECONDS = 30.0
 STALE_AFTER_SECONDS = 4 * HEARTBEAT_SECONDS  # a worker on another host is dead after this
@@ -86,6 +87,15 @@ class Best:
     value: float
     params: dict[str, Any]
     run_id: str | None = None  # the trial's MLflow run, where its model is
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """What `search.warm_start` queued: an earlier study's best param sets, cut to the space."""
+
+    source: str
+    enqueued: list[dict[str, Any]]  # in the order they will be tried
+    dropped: dict[str, str]  # param key -> why it was left out (Optuna samples it instead)
 
 
 @dataclass(frozen=True)
@@ -323,6 +333,41 @@ def _pruner(params: SearchParams, max_epochs: int) -> optuna.pruners.BasePruner:
     return p.NopPruner()
 
 
+def _distribution(spec: Mapping[str, Any]) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution `suggest` samples a space entry from."""
+    d = optuna.distributions
+    if "choices" in spec:
+        return d.CategoricalDistribution(list(spec["choices"]))
+    if all(isinstance(spec[b], int) for b in ("low", "high")) and not spec.get("log", False):
+        return d.IntDistribution(spec["low"], spec["high"], step=spec.get("step", 1))
+    return d.FloatDistribution(
+        float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False))
+    )
+
+
+def fit_to_space(
+    values: Mapping[str, Any], space: Mapping[str, Mapping[str, Any]]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Split an earlier trial's params into those the space still admits and the others, with
+    why each was dropped (no longer searched, or its value outside the new distribution)."""
+    kept: dict[str, Any] = {}
+    dropped: dict[str, str] = {}
+    for key, value in values.items():
+        if key not in space:
+            dropped[key] = "not in search.space"
+            continue
+        dist = _distribution(space[key])
+        try:
+            inside = dist._contains(dist.to_internal_repr(value))
+        except (ValueError, TypeError):  # a categorical value not among the choices
+            inside = False
+        if inside:
+            kept[key] = value
+        else:
+            dropped[key] = f"{value!r} outside {dict(space[key])}"
+    return kept, dropped
+
+
 def suggest(trial: optuna.Trial, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Sample every param of the space (all of them in every trial, so keys line up)."""
     values: dict[str, Any] = {}
@@ -378,6 +423,7 @@ class Trial:
     _heartbeat: _Heartbeat = field(repr=False)
     retry_of: int | None = None  # a dead worker's trial this one repeats (same params)
     retry_of_run: str | None = None  # that trial's MLflow run, so the new run can link to it
+    warm_start_from: str | None = None  # "<earlier study>#<trial>" for a warm-start trial
 
     def should_prune(self, epoch: int, value: float) -> bool:
         """Report an intermediate value; True means the pruner wants this trial stopped."""
@@ -574,6 +620,7 @@ class SearchStudy:
             return None
         values = suggest(trial, self._params.space)
         retry_of, retry_run = trial.user_attrs.get(RETRY_ATTR), trial.user_attrs.get(RETRY_RUN_ATTR)
+        origin = trial.user_attrs.get(WARM_ATTR)
         return Trial(
             trial.number,
             values,
@@ -581,6 +628,7 @@ class SearchStudy:
             _Heartbeat(self._storage.backend, trial._trial_id),
             int(retry_of) if retry_of is not None else None,
             str(retry_run) if retry_run else None,
+            warm_start_from=str(origin) if origin else None,
         )
 
     def tell_complete(self, trial: Trial, value: float) -> None:
@@ -596,6 +644,28 @@ class SearchStudy:
         with contextlib.suppress(Exception):  # the reason is best effort; the state is not
             trial.remember(REASON_ATTR, reason[:1000])
         self._study.tell(trial._trial, state=TrialState.FAIL)
+
+    # warm start
+
+    def warm_start(self, source: list[optuna.trial.FrozenTrial], name: str) -> WarmStart | None:
+        """Queue `source` trials' params (cut to this study's space) as this study's next
+        trials, once per study and source: under the study lock, and recorded in a study attr,
+        so workers starting together, or a resumed study, do not queue them again. Returns
+        None when that was already done."""
+        key = f"warm_start:{name}"
+        with self.exclusive():
+            if self.attr(key) is not None:
+                return None
+            queued: list[dict[str, Any]] = []
+            dropped: dict[str, str] = {}
+            for t in source:
+                kept, lost = fit_to_space(t.params, self._params.space)
+                dropped.update({k: why for k, why in lost.items() if k not in dropped})
+                if kept and kept not in queued:
+                    self._study.enqueue_trial(kept, user_attrs={WARM_ATTR: f"{name}#{t.number}"})
+                    queued.append(kept)
+            self.set_attr(key, [t.number for t in source])
+        return WarmStart(name, queued, dropped)
 
     # dead workers
 
@@ -706,6 +776,8 @@ def open_study(
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is the caller's job
     backend = storage.backend
+    # An earlier study to start from is checked before anything is written.
+    warm = _best_trials(backend, params.warm_start, name, params.top_k) if params.warm_start else []
     study_id = None if new else _study_id(backend, name)
     if study_id is None:  # create it (or find it created meanwhile) under the lock
         with storage.lock(f"study:{name}"):
@@ -733,7 +805,59 @@ def open_study(
             study.metric_names is None and params.metric != "auto"
         ):  # named, so optuna-dashboard labels the objective
             study.set_metric_names([params.metric])
-    return SearchStudy(study, storage, params)
+    searched = SearchStudy(study, storage, params)
+    if params.warm_start:
+        started = searched.warm_start(warm, params.warm_start)
+        if started is not None:
+            _log_warm_start(started, name)
+    return searched
+
+
+def _best_trials(
+    backend: optuna.storages.BaseStorage, source: str, name: str, k: int
+) -> list[optuna.trial.FrozenTrial]:
+    """The best `k` complete trials of study `source` by its own direction(s), best first (a
+    multi-objective study: its Pareto front, by the first objective); a missing, same-named or
+    empty study is refused."""
+    where = f"search.warm_start / --warm-start {source!r}"
+    if source == name:
+        raise SearchError(f"{where}: that is this study itself; name an earlier study.")
+    if _study_id(backend, source) is None:
+        names = sorted(s.study_name for s in backend.get_all_studies())
+        raise SearchError(
+            f"{where}: no such study in this storage (it has: {', '.join(names) or 'none'}). "
+            "Warm start reads an earlier study from the same --storage."
+        )
+    earlier = optuna.load_study(study_name=source, storage=backend)
+    if len(earlier.directions) > 1:
+        best = sorted(earlier.best_trials, key=lambda t: t.values[0])
+        if earlier.directions[0] == optuna.study.StudyDirection.MAXIMIZE:
+            best.reverse()
+    else:
+        best = sorted(
+            earlier.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+            key=lambda t: t.value,
+            reverse=earlier.direction == optuna.study.StudyDirection.MAXIMIZE,
+        )
+    if not best:
+        raise SearchError(f"{where}: that study has no complete trial to start from.")
+    return best[:k]
+
+
+def _log_warm_start(started: WarmStart, name: str) -> None:
+    for key, why in started.dropped.items():
+        log.warning(
+            "warm start from study %r: dropped %s (%s); Optuna samples it instead",
+            started.source,
+            key,
+            why,
+        )
+    log.info(
+        "warm start: study %r tries %d param set(s) of study %r first",
+        name,
+        len(started.enqueued),
+        started.source,
+    )
 
 
 def existing_study(name: str, url: str | None, params: SearchParams) -> SearchStudy | None:

@@ -326,6 +326,8 @@ class TrackedStudy:
             tags[RETRY_TAG] = str(trial.retry_of)
             if trial.retry_of_run:
                 tags[RETRY_RUN_TAG] = trial.retry_of_run
+        if trial.warm_start_from:
+            tags["pipeline.warm_start_from"] = trial.warm_start_from
         told = False
 
         def hook(epoch: int, logs: dict[str, float]) -> bool:

@@ -682,6 +682,37 @@ def test_regression_on_diabetes_fits_a_standardized_target_and_reports_real_unit
 
 
 @pytest.mark.slow
+def test_warm_start_tries_the_earlier_studys_best_params_first(workdir, store_uri):
+    import mlflow
+
+    from pipeline import search
+
+    tiny = [*FAST, "--trials", "2", "--set", "data.source=iris", "--set", "train.epochs=1"]
+    tiny += ["--set", "search.pruner=none", "--set", "tracking.register_model=false"]
+    assert run.main(["search", "--tracking-uri", store_uri, "--study", "first", *tiny]) == 0
+    argv = ["search", "--tracking-uri", store_uri, "--study", "second", *tiny]
+    # Another seed: what its sampler would propose on its own differs from study first's.
+    assert run.main([*argv, "--seed", "7", "--warm-start", "first", "--set", "search.top_k=2"]) == 0
+    journal = search.make_storage(str(workdir / "mlruns" / "optuna-journal.log"))
+    first, second = (
+        search.existing_study(name, journal.url, params_for_space().search)._trials()
+        for name in ("first", "second")
+    )
+    best_first = sorted(first, key=lambda t: -t.value)
+    assert [t.params for t in second] == [t.params for t in best_first]
+    client = mlflow.MlflowClient(store_uri)
+    runs = client.search_runs(["1"], "tags.`pipeline.study` = 'second'")
+    origins = {
+        r.data.tags["pipeline.trial"]: r.data.tags.get("pipeline.warm_start_from")
+        for r in runs
+        if "pipeline.trial" in r.data.tags
+    }
+    assert origins == {
+        str(t.number): f"first#{b.number}" for t, b in zip(second, best_first, strict=True)
+    }
+
+
+@pytest.mark.slow
 def test_worker_processes_are_recycled_after_recycle_after_trials(workdir, store_uri, capsys):
     """No process trains more than `search.recycle_after` trials (Keras memory grows per
     trial); fresh processes take over until the budget is met, still one study."""

@@ -251,3 +251,59 @@ def test_the_heartbeat_survives_a_storage_blip_and_stops_once_the_trial_is_told(
     assert third.wait(timeout=60)  # it beat again after the blip, until the trial was told
     beat._thread.join(timeout=60)
     assert not beat._thread.is_alive() and calls == [search.HEARTBEAT_ATTR] * 3
+
+
+def test_warm_start_queues_an_earlier_studys_best_params_once_and_drops_drifted_keys(
+    tmp_path, caplog
+):
+    """The best top_k complete param sets of the earlier study come first, cut to the new space
+    (a key no longer searched, a value outside its new range: dropped and named); four openers
+    at the same instant, and a resume, still queue them once."""
+    import threading
+
+    first = study_at(tmp_path, name="first")
+    drive(first, 4)  # objective 1 - dropout: the lowest dropouts are best
+    best = sorted(first._trials(), key=lambda t: -t.value)[:2]
+    cut = (best[0].params["model.dropout"] + best[1].params["model.dropout"]) / 2
+    space = {
+        "model.activation": SPACE["model.activation"],
+        "model.dropout": {"low": 0.0, "high": cut},
+    }
+    p = params(space=space, top_k=2, warm_start="first")
+    gate = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def opener() -> None:
+        try:
+            gate.wait()
+            search.open_study(
+                "second",
+                search.make_storage(str(tmp_path / "journal.log")),
+                p,
+                seed=0,
+                max_epochs=10,
+            )
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    with caplog.at_level("INFO", logger="pipeline.search"):
+        threads = [threading.Thread(target=opener) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        second = study_at(tmp_path, p, name="second")  # a resume: nothing queued again
+    assert errors == []
+    waiting = second._study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.user_attrs[search.WARM_ATTR] for t in waiting] == [f"first#{t.number}" for t in best]
+    drive(second, 2)
+    tried = [t.params for t in second._trials()]
+    assert tried[0] == {k: best[0].params[k] for k in space}
+    assert tried[1]["model.activation"] == best[1].params["model.activation"]
+    assert tried[1]["model.dropout"] <= cut  # sampled in the new range, not the old value
+    text = caplog.text
+    assert "dropped train.lr_decay.rate (not in search.space)" in text
+    assert f"dropped model.dropout ({best[1].params['model.dropout']!r} outside" in text
+    with pytest.raises(SearchError, match="no such study in this storage"):
+        study_at(tmp_path, params(warm_start="nope"), name="third")
+    assert search._study_id(second._storage.backend, "third") is None  # nothing written

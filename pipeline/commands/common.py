@@ -74,6 +74,8 @@ def load_params(args: argparse.Namespace) -> config.Params:
         extra["search.n_trials"] = args.trials
     if getattr(args, "timeout", None) is not None:
         extra["search.timeout"] = args.timeout
+    if getattr(args, "warm_start", None):
+        extra["search.warm_start"] = args.warm_start
     if args.tracking_uri:
         extra["tracking.uri"] = args.tracking_uri
     return config.load(path, args.overrides, extra=extra)

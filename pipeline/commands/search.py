@@ -41,6 +41,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="worker processes on this machine, or `auto` for one per CPU core (default 1)",
     )
     p.add_argument("--new", action="store_true", help="discard a study of the same name")
+    p.add_argument(
+        "--warm-start",
+        metavar="STUDY",
+        help="first try the best search.top_k param sets of an earlier study in the same storage",
+    )
     p.add_argument("--spawned", action="store_true", help=argparse.SUPPRESS)  # a --workers child
     p.add_argument("--max-trials", type=int, default=None, help=argparse.SUPPRESS)
 
