@@ -109,13 +109,16 @@ class TrainParams(_Section):
 
 
 # The one rule for which way a metric is better, by its name without `val_`/`test_`.
-_MINIMIZE = ("loss", "mse", "rmse", "mae")
+# n_params (the network's parameter count) is a second objective of a multi-objective search.
+_MINIMIZE = ("loss", "mse", "rmse", "mae", "n_params")
 _MAXIMIZE = ("accuracy", "f1", "precision", "recall", "roc_auc", "r2")
+Direction = Literal["maximize", "minimize"]
 
 
-def direction_of(metric: str) -> Literal["maximize", "minimize"] | None:
-    """`minimize` for losses and errors (loss, mse, rmse, mae), `maximize` for scores
-    (accuracy, f1, precision, recall, roc_auc, r2); None for a name the rule does not know."""
+def direction_of(metric: str) -> Direction | None:
+    """`minimize` for losses, errors and size (loss, mse, rmse, mae, n_params), `maximize` for
+    scores (accuracy, f1, precision, recall, roc_auc, r2); None for a name the rule does not
+    know."""
     name = metric.removeprefix("val_").removeprefix("test_")
     if name in _MINIMIZE:
         return "minimize"
@@ -127,9 +130,12 @@ def direction_of(metric: str) -> Literal["maximize", "minimize"] | None:
 class SearchParams(_Section):
     n_trials: int = Field(20, ge=1)
     timeout: float | None = Field(None, gt=0)
-    # auto: val_accuracy for classification, val_rmse for regression (set once the task is known)
-    metric: str = "auto"
-    direction: Literal["auto", "maximize", "minimize"] = "auto"  # auto: from the metric
+    # auto: val_accuracy for classification, val_rmse for regression (set once the task is known);
+    # a list (e.g. [val_accuracy, n_params]) makes the study multi-objective (a Pareto front).
+    metric: str | list[str] = "auto"
+    direction: Literal["auto"] | Direction | list[Direction] = "auto"  # auto: from the metric(s)
+    # Multi-objective: which Pareto trial is the champion. first = best on the first metric.
+    champion: Literal["first"] = "first"
     sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
     n_startup_trials: int = Field(5, ge=0)
@@ -140,6 +146,22 @@ class SearchParams(_Section):
     warm_start: str | None = None
     space: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The objective(s), primary first (the one pruning, progress and `champion` use)."""
+        return tuple(self.metric) if isinstance(self.metric, list) else (self.metric,)
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        """One direction per metric (`auto` only while the metric is `auto`)."""
+        if isinstance(self.direction, list):
+            return tuple(self.direction)
+        return (self.direction,) * len(self.metrics)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.metrics) > 1
+
     @model_validator(mode="before")
     @classmethod
     def _direction_from_the_metric(cls, data: Any) -> Any:
@@ -147,20 +169,37 @@ class SearchParams(_Section):
         auto only while the metric does: that waits for the data's task)."""
         if isinstance(data, dict) and data.get("direction", "auto") == "auto":
             metric = data.get("metric", "auto")
-            natural = direction_of(metric) if isinstance(metric, str) else None
-            if natural is not None:
-                data = {**data, "direction": natural}
+            names = metric if isinstance(metric, list) else [metric]
+            natural = [direction_of(m) if isinstance(m, str) else None for m in names]
+            if natural and None not in natural:
+                data = {**data, "direction": natural if isinstance(metric, list) else natural[0]}
         return data
 
     @model_validator(mode="after")
     def _direction_suits_the_metric(self) -> SearchParams:
-        natural = direction_of(self.metric)
-        if self.direction != "auto" and natural is not None and natural != self.direction:
+        metrics = self.metrics
+        if isinstance(self.metric, list):
+            if not metrics or "auto" in metrics or len(set(metrics)) != len(metrics):
+                raise ValueError(
+                    "a list of metrics needs distinct named metrics, e.g. [val_accuracy, n_params]"
+                )
+            if not isinstance(self.direction, list) and self.direction != "auto":
+                raise ValueError(
+                    f"search.metric is a list of {len(metrics)}: give search.direction as a list "
+                    "of as many (or auto)"
+                )
+        if isinstance(self.direction, list) and len(self.direction) != len(metrics):
             raise ValueError(
-                f"search.direction {self.direction} contradicts search.metric {self.metric} "
-                f"(it is better {'lower' if natural == 'minimize' else 'higher'}); set "
-                f"direction: {natural}, or auto"
+                f"search.direction has {len(self.direction)} entries for {len(metrics)} metric(s)"
             )
+        for metric, direction in zip(metrics, self.directions, strict=True):
+            natural = direction_of(metric)
+            if direction != "auto" and natural is not None and natural != direction:
+                raise ValueError(
+                    f"search.direction {direction} contradicts search.metric {metric} "
+                    f"(it is better {'lower' if natural == 'minimize' else 'higher'}); set "
+                    f"direction: {natural}, or auto"
+                )
         return self
 
 

@@ -474,6 +474,11 @@ def evaluate(
     return out
 
 
+def count_params(model: Any) -> int:
+    """Trainable and non-trainable weights of the network (a size objective)."""
+    return int(model.count_params())
+
+
 def save(model: Any, path: str | Path) -> Path:
     """Save in the Keras v3 format (no pickle, no Lambda layers)."""
     path = Path(path)

@@ -84,9 +84,10 @@ class Counts:
 @dataclass(frozen=True)
 class Best:
     number: int
-    value: float
+    value: float  # the (first) objective
     params: dict[str, Any]
     run_id: str | None = None  # the trial's MLflow run, where its model is
+    values: tuple[float, ...] = ()  # every objective, in search.metric order
 
 
 @dataclass(frozen=True)
@@ -326,6 +327,14 @@ def _sampler(params: SearchParams, seed: int) -> optuna.samplers.BaseSampler:
 
 def _pruner(params: SearchParams, max_epochs: int) -> optuna.pruners.BasePruner:
     p = optuna.pruners
+    if params.multi_objective:
+        if params.pruner != "none":
+            log.warning(
+                "search.pruner %s is off: Optuna cannot prune a multi-objective study "
+                "(set search.pruner: none to silence this)",
+                params.pruner,
+            )
+        return p.NopPruner()
     if params.pruner == "median":
         return p.MedianPruner(n_startup_trials=params.n_startup_trials, n_warmup_steps=3)
     if params.pruner == "hyperband":
@@ -424,9 +433,12 @@ class Trial:
     retry_of: int | None = None  # a dead worker's trial this one repeats (same params)
     retry_of_run: str | None = None  # that trial's MLflow run, so the new run can link to it
     warm_start_from: str | None = None  # "<earlier study>#<trial>" for a warm-start trial
+    prunable: bool = True  # False in a multi-objective study (Optuna cannot prune those)
 
     def should_prune(self, epoch: int, value: float) -> bool:
         """Report an intermediate value; True means the pruner wants this trial stopped."""
+        if not self.prunable:
+            return False
         self._trial.report(value, step=epoch)
         return self._trial.should_prune()
 
@@ -473,43 +485,82 @@ class SearchStudy:
         return Counts(n["COMPLETE"], n["PRUNED"], n["FAIL"], n["RUNNING"], n["SKIPPED"])
 
     def best(self) -> Best | None:
-        """The best complete trial, or None if there is none."""
+        """The best complete trial, or None if there is none. Multi-objective: the champion
+        rule's pick from the Pareto front (`first`: the best on the first metric)."""
+        if len(self._study.directions) > 1:
+            front = self.pareto()
+            return front[0] if front else None
         try:
-            t = self._study.best_trial
+            return _best(self._study.best_trial)
         except ValueError:
             return None
-        run_id = t.user_attrs.get(RUN_ATTR)
-        return Best(t.number, float(t.value), dict(t.params), str(run_id) if run_id else None)
+
+    def pareto(self) -> list[Best]:
+        """The Pareto front (Optuna's best_trials) ordered by the first metric, best first, ties
+        by trial number; a single-objective study's front is its best trial."""
+        if len(self._study.directions) == 1:
+            best = self.best()
+            return [best] if best is not None else []
+        sign = -1 if self._study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
+        trials = sorted(self._study.best_trials, key=lambda t: (sign * t.values[0], t.number))
+        return [_best(t) for t in trials]
 
     def trial_states(self) -> dict[int, str]:
         """Trial number -> Optuna state name, for reconciling runs with trials."""
         return {t.number: t.state.name for t in self._trials()}
 
     def values(self) -> dict[int, float]:
-        """Trial number -> objective of every complete trial."""
-        return {t.number: float(t.value) for t in self._trials(TrialState.COMPLETE)}
+        """Trial number -> (first) objective of every complete trial."""
+        return {t.number: float(t.values[0]) for t in self._trials(TrialState.COMPLETE)}
 
     def frame(self) -> pd.DataFrame:
         """The trials table (number, state, value, params_*, user attrs, seconds)."""
         frame = self._study.trials_dataframe(
             attrs=("number", "value", "state", "params", "user_attrs", "duration")
         )
-        # A study with a named objective calls the column values_<metric>; keep one name.
+        # A study with named objectives calls the columns values_<metric>: the first is
+        # `value` (what the tables rank by), any other goes by its metric's name.
         named = self._study.metric_names or []
         frame = frame.rename(
-            columns={f"{v}_{m}": "value" for m in named for v in ("value", "values")}
+            columns={
+                f"{v}_{m}": "value" if i == 0 else m
+                for i, m in enumerate(named)
+                for v in ("value", "values")
+            }
         )
         if "duration" in frame:
             frame["seconds"] = frame["duration"].dt.total_seconds()
             frame = frame.drop(columns=["duration"])
         return frame
 
+    def _first_objective(self) -> Callable[[optuna.trial.FrozenTrial], float] | None:
+        """What figures and importances read in a multi-objective study (its first metric;
+        Optuna needs a target there); None for a single objective."""
+        if len(self._study.directions) == 1:
+            return None
+        return lambda t: t.values[0]
+
+    def _importance_target(self) -> Callable[[optuna.trial.FrozenTrial], float] | None:
+        """The first objective as Optuna's importance evaluator reads a custom target: lower is
+        better (negated when it is maximized); None for a single objective."""
+        if len(self._study.directions) == 1:
+            return None
+        if self._study.directions[0] == optuna.study.StudyDirection.MAXIMIZE:
+            return lambda t: -t.values[0]
+        return lambda t: t.values[0]
+
     def importances(self) -> dict[str, float]:
         """Parameter importances, or {} when there are too few complete trials to tell."""
         if len(self._trials(TrialState.COMPLETE)) < 3:
             return {}
         try:
-            return dict(optuna.importance.get_param_importances(self._study))
+            with warnings.catch_warnings():  # "give a lower-is-better target": it is one
+                warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
+                return dict(
+                    optuna.importance.get_param_importances(
+                        self._study, target=self._importance_target()
+                    )
+                )
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
             log.info("parameter importances unavailable: %s", exc)
             return {}
@@ -519,15 +570,18 @@ class SearchStudy:
 
         History, parallel coordinates (categorical params keep their names), importances,
         slice, contour of the two most important params, intermediate values, timeline and
-        the empirical distribution. A figure Optuna cannot draw yet (too few complete trials,
-        a single param, nothing reported per epoch) is left out: figures never stop a search.
+        the empirical distribution; a multi-objective study's figures show its first metric,
+        with its Pareto front beside them. A figure Optuna cannot draw yet (too few complete
+        trials, a single param, nothing reported per epoch) is left out: figures never stop a
+        search.
         """
         complete = self._trials(TrialState.COMPLETE)
         if not complete:
             return {}
         import optuna.visualization as vis
 
-        study, target = self._study, str(self.attr("metric") or self._params.metric)
+        study, target = self._study, str(self.attr("metric") or self._params.metrics[0])
+        first = self._first_objective()
         # The study's own params (in search.space order), so a report run with other params
         # still draws what the study searched.
         seen = {k for t in complete for k in t.params}
@@ -535,22 +589,25 @@ class SearchStudy:
         ranked = list(self.importances()) or keys
         makers: dict[str, Callable[[], Figure]] = {
             "optimization history": lambda: vis.plot_optimization_history(
-                study, target_name=target
+                study, target=first, target_name=target
             ),
             "parallel coordinates": lambda: vis.plot_parallel_coordinate(
-                study, params=keys, target_name=target
+                study, params=keys, target=first, target_name=target
             ),
-            "slice": lambda: vis.plot_slice(study, params=keys, target_name=target),
+            "slice": lambda: vis.plot_slice(study, params=keys, target=first, target_name=target),
             "timeline": lambda: vis.plot_timeline(study),
-            "empirical distribution": lambda: vis.plot_edf(study, target_name=target),
+            "empirical distribution": lambda: vis.plot_edf(study, target=first, target_name=target),
         }
+        if first is not None:
+            names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
+            makers["Pareto front"] = lambda: vis.plot_pareto_front(study, target_names=names)
         if len(complete) >= 2:
             makers["parameter importances"] = lambda: vis.plot_param_importances(
-                study, target_name=target
+                study, target=self._importance_target(), target_name=target
             )
         if len(keys) >= 2:
             makers["contour (two most important params)"] = lambda: vis.plot_contour(
-                study, params=ranked[:2], target_name=target
+                study, params=ranked[:2], target=first, target_name=target
             )
         if any(t.intermediate_values for t in self._trials(*FINISHED)):
             makers["intermediate values"] = lambda: vis.plot_intermediate_values(study)
@@ -629,9 +686,11 @@ class SearchStudy:
             int(retry_of) if retry_of is not None else None,
             str(retry_run) if retry_run else None,
             warm_start_from=str(origin) if origin else None,
+            prunable=len(self._study.directions) == 1,
         )
 
-    def tell_complete(self, trial: Trial, value: float) -> None:
+    def tell_complete(self, trial: Trial, value: float | list[float]) -> None:
+        """Record the objective (one value per metric in a multi-objective study)."""
         trial._heartbeat.stop()
         self._study.tell(trial._trial, value)
 
@@ -695,7 +754,7 @@ class SearchStudy:
                 )
         return out
 
-    def adopt(self, dead: DeadTrial, state: str, value: float | None) -> None:
+    def adopt(self, dead: DeadTrial, state: str, value: float | list[float] | None) -> None:
         """Record the result a dead worker's run had already logged (no retraining)."""
         self._study.tell(
             dead.number, value if state == "COMPLETE" else None, state=TrialState[state]
@@ -715,6 +774,12 @@ class SearchStudy:
         return True
 
 
+def _best(t: optuna.trial.FrozenTrial) -> Best:
+    run_id = t.user_attrs.get(RUN_ATTR)
+    values = tuple(float(v) for v in t.values)
+    return Best(t.number, values[0], dict(t.params), str(run_id) if run_id else None, values)
+
+
 def _study_id(backend: optuna.storages.BaseStorage, name: str) -> int | None:
     try:
         return backend.get_study_id_from_name(name)
@@ -723,18 +788,19 @@ def _study_id(backend: optuna.storages.BaseStorage, name: str) -> int | None:
 
 
 def _create(backend: optuna.storages.BaseStorage, name: str, params: SearchParams) -> int:
-    if "auto" in (params.metric, params.direction):
+    if "auto" in (*params.metrics, *params.directions):
         raise SearchError(
             f"study {name!r}: search.metric and search.direction `auto` depend on the data's "
             "task; resolve them (stages.resolve_metric) before creating a study."
         )
-    direction = optuna.study.StudyDirection[params.direction.upper()]
+    directions = [optuna.study.StudyDirection[d.upper()] for d in params.directions]
     try:
-        study_id = backend.create_new_study([direction], name)
+        study_id = backend.create_new_study(directions, name)
     except optuna.exceptions.DuplicatedStudyError:  # a storage without our lock (gRPC)
         return backend.get_study_id_from_name(name)
     backend.set_study_user_attr(study_id, "space", space_fingerprint(params.space))
-    backend.set_study_user_attr(study_id, "metric", params.metric)
+    backend.set_study_user_attr(study_id, "metric", params.metrics[0])  # the primary one
+    backend.set_study_user_attr(study_id, "metrics", list(params.metrics))
     return study_id
 
 
@@ -750,11 +816,11 @@ def _check_resumable(
             "so resuming would mix incompatible trials. Run again with --new to start over, "
             "or --study NAME for a separate study."
         )
-    direction = backend.get_study_directions(study_id)[0].name.lower()
-    if params.direction != "auto" and direction != params.direction:
+    directions = tuple(d.name.lower() for d in backend.get_study_directions(study_id))
+    if "auto" not in params.directions and directions != params.directions:
         raise SearchError(
-            f"study {name!r} was created to {direction}; search.direction is "
-            f"{params.direction}. Use --new or another --study name."
+            f"study {name!r} was created to {', '.join(directions)}; search.direction is "
+            f"{', '.join(params.directions)}. Use --new or another --study name."
         )
 
 
@@ -801,10 +867,8 @@ def open_study(
             sampler=_sampler(params, seed + history + 7919 * slot),
             pruner=_pruner(params, max_epochs),
         )
-        if (
-            study.metric_names is None and params.metric != "auto"
-        ):  # named, so optuna-dashboard labels the objective
-            study.set_metric_names([params.metric])
+        if study.metric_names is None and "auto" not in params.metrics:
+            study.set_metric_names(list(params.metrics))  # optuna-dashboard labels them
     searched = SearchStudy(study, storage, params)
     if params.warm_start:
         started = searched.warm_start(warm, params.warm_start)

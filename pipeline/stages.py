@@ -37,6 +37,9 @@ METRICS = {
 }
 # What `search.metric: auto` means, per task.
 DEFAULT_METRIC = {"classification": "val_accuracy", "regression": "val_rmse"}
+# A second objective of a multi-objective search: the network's parameter count (cheap and
+# deterministic, unlike a measured latency), logged by every trial.
+SIZE_OBJECTIVE = "n_params"
 
 
 @dataclass(frozen=True)
@@ -98,18 +101,28 @@ def resolve_metric(params: config.Params, prep: Prepared) -> config.Params:
     """`params` with search.metric and search.direction made concrete for the data's task:
     `auto` metric = DEFAULT_METRIC[task], `auto` direction = config.direction_of(metric).
 
-    Refuses a search metric the task cannot produce, before anything is written.
+    Refuses a search metric the task cannot produce, before anything is written. A list of
+    metrics (multi-objective) starts with a validation metric; `n_params` may follow it.
     """
     task, n_classes = prep.dataset.task, prep.dataset.n_classes
     sp = params.search
-    metric = DEFAULT_METRIC[task] if sp.metric == "auto" else sp.metric
-    binary_only = metric == "val_roc_auc" and n_classes != 2
-    if metric not in METRICS[task] or binary_only:
-        raise PipelineError(
-            f"search.metric {metric!r} is not available for {task}; use one of "
-            f"{', '.join(METRICS[task])}, or auto (val_roc_auc needs two classes)."
-        )
-    direction = config.direction_of(metric) if sp.direction == "auto" else sp.direction
+    metrics = [DEFAULT_METRIC[task] if m == "auto" else m for m in sp.metrics]
+    for i, metric in enumerate(metrics):
+        if metric == SIZE_OBJECTIVE and i > 0:
+            continue
+        binary_only = metric == "val_roc_auc" and n_classes != 2
+        if metric not in METRICS[task] or binary_only:
+            extra = f", and after it {SIZE_OBJECTIVE}" if sp.multi_objective else ""
+            raise PipelineError(
+                f"search.metric {metric!r} is not available for {task}; use one of "
+                f"{', '.join(METRICS[task])}, or auto (val_roc_auc needs two classes){extra}."
+            )
+    directions = [
+        config.direction_of(m) if d == "auto" else d
+        for m, d in zip(metrics, sp.directions, strict=True)
+    ]
+    metric = metrics if sp.multi_objective else metrics[0]
+    direction = directions if sp.multi_objective else directions[0]
     if (metric, direction) == (sp.metric, sp.direction):
         return params
     return config.with_values(
@@ -195,17 +208,23 @@ def log_dataset(tracker: Tracker, run_id: str, params: config.Params, prep: Prep
 def log_training(
     tracker: Tracker, run_id: str, result: TrainResult, prep: Prepared
 ) -> dict[str, float]:
-    """Per-epoch curves, epochs run, seconds and final validation metrics of one training.
+    """Per-epoch curves, epochs run, seconds, parameter count (`n_params`) and final validation
+    metrics of one training; returns the latter two.
 
     The final validation metrics (of the model as it ends, e.g. with the best epoch's weights
     restored) are logged at step = epochs run, after the last epoch, so they are each metric's
     latest value: what the MLflow UI shows and sorts by equals the trial's objective.
     """
+    from pipeline import model
+
     tracker.log_history(run_id, result.history)
     final = score(result, prep, "val")
     tracker.log_metrics(run_id, final, step=result.epochs_run)
-    tracker.log_metrics(run_id, {"epochs_run": result.epochs_run, "train_seconds": result.seconds})
-    return final
+    size = {SIZE_OBJECTIVE: float(model.count_params(result.model))}
+    tracker.log_metrics(
+        run_id, {"epochs_run": result.epochs_run, "train_seconds": result.seconds, **size}
+    )
+    return {**final, **size}
 
 
 HISTORY_KEYS = {

@@ -316,7 +316,8 @@ class TrackedStudy:
         A failure (exception, NaN/inf) is recorded as FAIL with the reason and the run ends
         FAILED; Ctrl-C marks the trial FAIL, ends the run KILLED and propagates.
         """
-        metric = self.params.search.metric
+        metrics = self.params.search.metrics
+        metric = metrics[0]  # the one that prunes (single objective) and progress shows
         tags = {
             "pipeline.study": self.name,
             "pipeline.trial": str(trial.number),
@@ -350,17 +351,19 @@ class TrackedStudy:
                         state, value = "PRUNED", None
                         extra = {"pruned_at_epoch": str(trained.epochs_run)}
                     else:
-                        state, value = "COMPLETE", float(trained.metrics[metric])
-                        if not math.isfinite(value):  # Optuna would store inf as COMPLETE
-                            raise TrainingDiverged(f"non-finite {metric}: {value}")
-                        extra = {RESULT_TAG: repr(value)}
+                        values = [float(trained.metrics[m]) for m in metrics]
+                        for m, v in zip(metrics, values, strict=True):
+                            if not math.isfinite(v):  # Optuna would store inf as COMPLETE
+                                raise TrainingDiverged(f"non-finite {m}: {v}")
+                        state, value = "COMPLETE", values[0]
+                        extra = {RESULT_TAG: ",".join(map(repr, values))}
                     # The result goes on the run first, then into the study, then the run closes:
                     # a worker dying between any two of these leaves what reconcile() needs.
                     self.tracker.set_tags(run_id, {STATE_TAG: state, **extra})
                     if value is None:
                         self.study.tell_pruned(trial)
                     else:
-                        self.study.tell_complete(trial, value)
+                        self.study.tell_complete(trial, values if len(values) > 1 else value)
                     told = True
                     return state, value
                 except BaseException as exc:
@@ -472,19 +475,25 @@ class TrackedStudy:
         best = self.study.best()
         if best is None:
             return frame
+        metric = sp.metrics[0]
+        best_yaml: dict[str, Any] = {"trial": best.number, metric: best.value}
+        if sp.multi_objective:  # the champion rule's pick, then the whole front
+            best_yaml = {"trial": best.number, **dict(zip(sp.metrics, best.values, strict=True))}
+            best_yaml["champion"] = f"{sp.champion}: best {metric} on the Pareto front"
+            best_yaml["pareto_front"] = [
+                {"trial": b.number, **dict(zip(sp.metrics, b.values, strict=True))}
+                for b in self.study.pareto()
+            ]
         tracker.log_text(
             parent,
-            yaml.safe_dump(
-                {"trial": best.number, sp.metric: best.value, "params": best.params},
-                sort_keys=False,
-            ),
+            yaml.safe_dump({**best_yaml, "params": best.params}, sort_keys=False),
             "best_params.yaml",
         )
         c = self.study.counts()
         tracker.log_metrics(
             parent,
             {
-                f"best_{sp.metric}": best.value,
+                f"best_{metric}": best.value,
                 "trials_complete": c.complete,
                 "trials_pruned": c.pruned,
                 "trials_failed": c.failed,
@@ -492,18 +501,16 @@ class TrackedStudy:
         )
         tracker.log_text(
             parent,
-            report.study_page(f"study {self.name}: {sp.metric}", self.study.figures()),
+            report.study_page(f"study {self.name}: {', '.join(sp.metrics)}", self.study.figures()),
             STUDY_PAGE,
         )
-        maximize = sp.direction == "maximize"
+        maximize = sp.directions[0] == "maximize"
         done = frame[frame["state"] == "COMPLETE"].sort_values("value", ascending=not maximize)
         col = f"user_attrs_{search.RUN_ATTR}"
         curves = {
-            f"trial {int(row['number'])}": tracker.metric_history(row[col], sp.metric)
+            f"trial {int(row['number'])}": tracker.metric_history(row[col], metric)
             for _, row in done.head(sp.top_k).iterrows()
             if col in row and isinstance(row[col], str)
         }
-        tracker.log_figure(
-            parent, report.top_trial_curves(curves, sp.metric), "top_trials_curves.png"
-        )
+        tracker.log_figure(parent, report.top_trial_curves(curves, metric), "top_trials_curves.png")
         return frame

@@ -420,9 +420,10 @@ class Tracker:
             if r.data.tags.get("pipeline.trial", "").isdigit()
         ]
 
-    def trial_result(self, run_id: str) -> tuple[str, float | None] | None:
-        """(state, value) a trial run recorded once it was fully logged, or None if it never
-        got that far (its worker died before the end of training and logging)."""
+    def trial_result(self, run_id: str) -> tuple[str, float | list[float] | None] | None:
+        """(state, value) a trial run recorded once it was fully logged (a multi-objective
+        trial's values as a list), or None if it never got that far (its worker died before
+        the end of training and logging)."""
         try:
             tags = self.client.get_run(run_id).data.tags
         except TrackingError:
@@ -433,7 +434,8 @@ class Tracker:
         if state == "PRUNED":
             return state, None
         if state == "COMPLETE" and "pipeline.objective" in tags:
-            return state, float(tags["pipeline.objective"])
+            values = [float(v) for v in tags["pipeline.objective"].split(",")]
+            return state, values if len(values) > 1 else values[0]
         return None
 
     def metric_history(self, run_id: str, key: str) -> list[float]:

@@ -120,3 +120,21 @@ def test_direction_follows_the_metric_and_a_contradiction_is_refused(tmp_path: P
     assert config.load(write(tmp_path, "search: {metric: val_r2}\n")).search.direction == "maximize"
     with pytest.raises(ConfigError, match="contradicts search.metric val_rmse"):
         config.load(write(tmp_path, "search: {metric: val_rmse, direction: maximize}\n"))
+
+
+def test_a_list_of_metrics_needs_matching_directions(tmp_path: Path) -> None:
+    two = "search: {metric: [val_accuracy, n_params]}\n"
+    sp = config.load(write(tmp_path, two)).search
+    assert sp.multi_objective and sp.directions == ("maximize", "minimize")
+    assert sp.champion == "first"
+    with pytest.raises(ConfigError, match="give search.direction as a list"):
+        config.load(write(tmp_path, two.replace("]}", "], direction: maximize}")))
+    with pytest.raises(ConfigError, match="contradicts search.metric n_params"):
+        config.load(write(tmp_path, two.replace("]}", "], direction: [maximize, maximize]}")))
+    with pytest.raises(ConfigError, match="2 entries for 3 metric"):
+        config.load(
+            write(
+                tmp_path,
+                "search: {metric: [val_f1, val_loss, n_params], direction: [maximize, minimize]}\n",
+            )
+        )

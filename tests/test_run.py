@@ -1,4 +1,5 @@
 import contextlib
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -617,6 +618,13 @@ def test_search_metric_must_suit_the_task(workdir, capsys):
     assert not (workdir / "mlruns").exists()
 
 
+def search_storage(workdir: Path):
+    """The default Optuna storage of a search run in `workdir`."""
+    from pipeline import search
+
+    return search.make_storage(str(workdir / "mlruns" / "optuna-journal.log"))
+
+
 def diabetes_csv(path: Path) -> Path:
     """scikit-learn's diabetes set (442 rows, target 25-346) as a CSV with a header."""
     from sklearn.datasets import load_diabetes
@@ -710,6 +718,58 @@ def test_warm_start_tries_the_earlier_studys_best_params_first(workdir, store_ur
     assert origins == {
         str(t.number): f"first#{b.number}" for t, b in zip(second, best_first, strict=True)
     }
+
+
+@pytest.mark.slow
+def test_a_multi_objective_search_keeps_the_pareto_front_and_its_champion_is_first_on_it(
+    workdir, store_uri, capsys
+):
+    """search.metric [val_accuracy, n_params]: every trial's two objectives are what its run
+    logged, no trial is pruned, the champion is the Pareto trial best on val_accuracy, the
+    figures include the Pareto front, and `report` lists the front."""
+    import mlflow
+    import optuna
+
+    space = (
+        "{model.batch_norm: {choices: [false, true]}, "
+        "train.learning_rate: {low: 0.001, high: 0.2, log: true}}"
+    )
+    sets = [
+        "data.source=iris",
+        "train.epochs=3",
+        "model.hidden=[8]",
+        "search.metric=[val_accuracy, n_params]",
+        f"search.space={space}",
+        "tracking.register_model=false",
+    ]
+    common = ["--tracking-uri", store_uri, *[a for s in sets for a in ("--set", s)]]
+    assert run.main(["search", "--trials", "3", *common]) == 0
+    printed = capsys.readouterr().out
+    study = optuna.load_study(study_name="default", storage=search_storage(workdir).backend)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    client = mlflow.MlflowClient(store_uri)
+    runs = {
+        int(r.data.tags["pipeline.trial"]): r
+        for r in client.search_runs(["1"])
+        if "pipeline.trial" in r.data.tags
+    }
+    for t in study.trials:
+        assert t.state.name == "COMPLETE" and t.intermediate_values == {}
+        logged = runs[t.number].data.metrics
+        assert t.values == [logged["val_accuracy"], logged["n_params"]]
+    front = sorted(study.best_trials, key=lambda t: (-t.values[0], t.number))
+    (champion,) = [
+        r for r in client.search_runs(["1"]) if r.data.tags.get("pipeline.kind") == "champion"
+    ]
+    assert champion.data.tags["pipeline.best_trial"] == str(front[0].number)
+    assert "Pareto front (val_accuracy maximize, n_params minimize)" in printed
+    parent = champion.data.tags["mlflow.parentRunId"]
+    page = client.download_artifacts(parent, "study_figures.html", str(workdir))
+    assert "Pareto front" in Path(page).read_text()
+    assert run.main(["report", *common]) == 0
+    listed = capsys.readouterr().out.split("Pareto front")[1].splitlines()[3:]
+    rows = itertools.takewhile(lambda line: line[:1].isdigit(), listed)
+    assert [int(line.split()[0]) for line in rows] == [t.number for t in front]
 
 
 @pytest.mark.slow

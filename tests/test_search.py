@@ -307,3 +307,25 @@ def test_warm_start_queues_an_earlier_studys_best_params_once_and_drops_drifted_
     with pytest.raises(SearchError, match="no such study in this storage"):
         study_at(tmp_path, params(warm_start="nope"), name="third")
     assert search._study_id(second._storage.backend, "third") is None  # nothing written
+
+
+def test_a_multi_objective_study_keeps_the_pareto_front_and_never_prunes(tmp_path, caplog):
+    """Two objectives (maximize, minimize): best() is the Pareto trial best on the first,
+    pareto() the whole front, and the pruner is off (with a warning, as one was set)."""
+    p = params(metric=["val_accuracy", "n_params"], pruner="median")
+    with caplog.at_level("WARNING", logger="pipeline.search"):
+        study = study_at(tmp_path, p)
+    assert "search.pruner median is off" in caplog.text
+    # (accuracy, size) per trial number: 0 is dominated by 3 (same accuracy, larger), 2 by 1.
+    table = {0: [0.9, 500.0], 1: [0.8, 100.0], 2: [0.7, 300.0], 3: [0.9, 400.0], 4: [0.6, 50.0]}
+    seen = []
+    while (trial := study.ask(5)) is not None:
+        assert not trial.should_prune(3, 0.0)  # nothing reported, nothing pruned
+        seen.append(trial.number)
+        study.tell_complete(trial, table[trial.number])
+    assert seen == [0, 1, 2, 3, 4]
+    assert [b.number for b in study.pareto()] == [3, 1, 4]  # 0 and 2 are dominated
+    best = study.best()
+    assert (best.number, best.value, best.values) == (3, 0.9, (0.9, 400.0))
+    assert study._study.trials[0].intermediate_values == {}
+    assert "Pareto front" in study.figures()

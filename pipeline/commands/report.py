@@ -46,11 +46,13 @@ def _scalar(text: str | None) -> Any:
 
 def trials_frame(
     tracker: Tracker, study: str, sp: SearchParams, keys: list[str]
-) -> tuple[pd.DataFrame, str, str]:
+) -> tuple[pd.DataFrame, list[str], list[str]]:
     """One row per trial run of the study in the tracking store (no Optuna storage needed),
-    with the metric and direction it was searched by: `auto` in the params means what its
-    trial runs logged (the metric `auto` resolved to for the study's data)."""
+    with the metric(s) and direction(s) it was searched by: `auto` in the params means what its
+    trial runs logged (the metric `auto` resolved to for the study's data). `value` is the
+    first metric; a multi-objective study's other metrics get a column each."""
     import pandas as pd
+    import yaml
 
     from pipeline.config import direction_of
 
@@ -62,21 +64,30 @@ def trials_frame(
             f"{tracker.experiment_name!r}). Run `search` first, or pass --study, -p or "
             "--tracking-uri."
         )
-    logged = trials[0].data.params
-    metric = sp.metric if sp.metric != "auto" else logged.get("search.metric", "val_accuracy")
-    direction = sp.direction if sp.direction != "auto" else direction_of(metric) or "maximize"
+    logged = yaml.safe_load(trials[0].data.params.get("search.metric", "val_accuracy"))
+    metrics = list(sp.metrics) if sp.metric != "auto" else _as_list(logged)
+    given = sp.directions if sp.metric != "auto" else ("auto",) * len(metrics)
+    directions = [
+        d if d != "auto" else direction_of(m) or "maximize"
+        for m, d in zip(metrics, given, strict=True)
+    ]
     rows = []
     for r in trials:
         row = {
             "number": int(r.data.tags["pipeline.trial"]),
             "state": r.data.tags.get("optuna.state", "?"),
-            "value": r.data.metrics.get(metric),
+            "value": r.data.metrics.get(metrics[0]),
+            **{m: r.data.metrics.get(m) for m in metrics[1:]},
             "epochs": r.data.metrics.get("epochs_run"),
             "run_id": r.info.run_id,
         }
         row.update({f"params_{k}": _scalar(r.data.params.get(k)) for k in keys})
         rows.append(row)
-    return pd.DataFrame(rows).sort_values("number"), metric, direction
+    return pd.DataFrame(rows).sort_values("number"), metrics, directions
+
+
+def _as_list(value: Any) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
 
 def _champion_run(tracker: Tracker, study: str) -> str | None:
@@ -93,13 +104,15 @@ def main(args: argparse.Namespace) -> int:
     tracker = make_tracker(params)
     study = args.study or stages.experiment_name(params)
     keys = list(params.search.space)
-    frame, metric, direction = trials_frame(tracker, study, params.search, keys)
-    maximize = direction == "maximize"
+    frame, metrics, directions = trials_frame(tracker, study, params.search, keys)
+    metric, others = metrics[0], metrics[1:]
+    maximize = directions[0] == "maximize"
     ranked = frame[frame["state"] == "COMPLETE"].sort_values("value", ascending=not maximize)
     shown = [
         {
             "trial": r["number"],
             metric: r["value"],
+            **{m: r[m] for m in others},
             "epochs": r["epochs"],
             **{k: r[f"params_{k}"] for k in keys},
         }
@@ -107,9 +120,17 @@ def main(args: argparse.Namespace) -> int:
     ]
     counts = frame["state"].value_counts().to_dict()
     print(f"study {study!r}: {len(frame)} trials {counts}")
-    print(report.table(shown, ["trial", metric, "epochs", *keys]))
+    print(report.table(shown, ["trial", metric, *others, "epochs", *keys]))
 
     opened = search.existing_study(study, args.storage, params.search)
+    if others and opened is not None:
+        goals = ", ".join(f"{m} {d}" for m, d in zip(metrics, directions, strict=True))
+        front = [
+            {"trial": b.number, **dict(zip(metrics, b.values, strict=True))}
+            for b in opened.pareto()
+        ]
+        print(f"Pareto front ({goals}; the champion: best {metric} among them):")
+        print(report.table(front, ["trial", *metrics]))
     figures = opened.figures() if opened is not None else {}
     if opened is None:
         where = args.storage or "mlruns/optuna-journal.log"

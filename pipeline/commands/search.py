@@ -97,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
         len(ds.y),
         ds.task,
     )
-    progress = _progress(n_trials, params.search.metric)
+    progress = _progress(n_trials, params.search.metrics[0])
     workers: list[subprocess.Popen[bytes]] = []
     with tracker.run(f"study-{name}", resume_id=tracked.parent_id):
         try:
@@ -206,15 +206,29 @@ def _print_study(tracked: TrackedStudy, params: config.Params) -> None:
     print(f"\nstudy: {c.complete} complete, {c.pruned} pruned, {c.failed} failed")
     if frame.empty:
         return
-    maximize = params.search.direction == "maximize"
+    sp = params.search
+    maximize = sp.directions[0] == "maximize"
     done = frame[frame["state"] == "COMPLETE"].sort_values("value", ascending=not maximize)
-    cols = ["number", "value", *[f"params_{k}" for k in params.search.space]]
+    cols = ["number", "value", *sp.metrics[1:], *[f"params_{k}" for k in sp.space]]
     rows = [
         {c.replace("params_", ""): r[c] for c in cols if c in r}
-        for _, r in done.head(params.search.top_k).iterrows()
+        for _, r in done.head(sp.top_k).iterrows()
     ]
     if rows:
         print(report.table(rows, [c.replace("params_", "") for c in cols]))
+    if sp.multi_objective:
+        front = tracked.study.pareto()
+        goals = ", ".join(f"{m} {d}" for m, d in zip(sp.metrics, sp.directions, strict=True))
+        print(f"\nPareto front ({goals}):")
+        print(
+            report.table(
+                [
+                    {"trial": b.number, **dict(zip(sp.metrics, b.values, strict=True))}
+                    for b in front
+                ],
+                ["trial", *sp.metrics],
+            )
+        )
 
 
 def _print_outcome(outcome: Outcome, params: config.Params, ui_url: str) -> None:
@@ -229,7 +243,9 @@ def _print_outcome(outcome: Outcome, params: config.Params, ui_url: str) -> None
         if outcome.made_here
         else "already evaluated for this best trial (the test split is not used again):"
     )
-    print(f"\nchampion = best trial {best.number} ({params.search.metric} {best.value:.4f}), {how}")
+    sp = params.search
+    rule = f", {sp.champion} on the Pareto front" if sp.multi_objective else ""
+    print(f"\nchampion = best trial {best.number} ({sp.metrics[0]} {best.value:.4f}{rule}), {how}")
     rows = [{"metric": k, "value": v} for k, v in champ.test.items()]
     print(report.table(rows, ["metric", "value"]))
     print(f"\nmodel: {champ.model}")
