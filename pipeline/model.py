@@ -22,7 +22,8 @@ from pipeline.config import ModelParams, TrainParams
 from pipeline.data import Splits, TargetScaler
 from pipeline.errors import TrainingDiverged
 
-# on_epoch(epoch, logs) -> True asks training to stop now (used for pruning).
+# on_epoch(epoch, logs) -> True asks training to stop now (used for pruning). `logs` holds the
+# epoch's entries of the final history: the loss and metrics, every val_* metric, and "lr".
 EpochHook = Callable[[int, dict[str, float]], bool]
 
 _MAX_STEPS_PER_EXECUTION = 64
@@ -311,7 +312,7 @@ def _make_callback(
                 self.diverged = f"{bad[0]} became {logs[bad[0]]} at epoch {epoch + 1}"
                 self.model.stop_training = True
                 return
-            if on_epoch is not None and on_epoch(epoch, logs):
+            if on_epoch is not None and on_epoch(epoch, {**logs, "lr": self.lr[-1]}):
                 self.hook_stopped = True
                 self.model.stop_training = True
 

@@ -8,6 +8,7 @@ command, a tracked study and the benches all train and log a model in exactly th
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -170,6 +171,30 @@ def fit(
     )
 
 
+def train_logged(
+    tracker: Tracker,
+    run_id: str,
+    params: config.Params,
+    prep: Prepared,
+    *,
+    seed: int,
+    on_epoch: EpochHook | None = None,
+) -> tuple[TrainResult, dict[str, float]]:
+    """Fit into an open run, its per-epoch metrics reaching the run while it trains (live
+    curves; see Tracker.live_metrics), then `log_training`; returns the result and its final
+    validation metrics. Every epoch is in the store when this returns, so a caller may write
+    the run's result next. `on_epoch` (pruning) sees each epoch after it has been logged."""
+
+    with tracker.live_metrics(run_id) as live:
+
+        def hook(epoch: int, logs: dict[str, float]) -> bool:
+            live.log(epoch, logs)
+            return on_epoch is not None and on_epoch(epoch, logs)
+
+        result = fit(params, prep, seed=seed, on_epoch=hook)
+    return result, log_training(tracker, run_id, result, prep, logged=live.logged)
+
+
 def score(result: TrainResult, prep: Prepared, split: str) -> dict[str, float]:
     """Metrics of a trained model on one split ('val' or 'test'), keys prefixed by the split."""
     from pipeline import model
@@ -206,18 +231,25 @@ def log_dataset(tracker: Tracker, run_id: str, params: config.Params, prep: Prep
 
 
 def log_training(
-    tracker: Tracker, run_id: str, result: TrainResult, prep: Prepared
+    tracker: Tracker,
+    run_id: str,
+    result: TrainResult,
+    prep: Prepared,
+    *,
+    logged: Collection[tuple[str, int]] = (),
 ) -> dict[str, float]:
     """Per-epoch curves, epochs run, seconds, parameter count (`n_params`) and final validation
     metrics of one training; returns the latter two.
 
-    The final validation metrics (of the model as it ends, e.g. with the best epoch's weights
-    restored) are logged at step = epochs run, after the last epoch, so they are each metric's
-    latest value: what the MLflow UI shows and sorts by equals the trial's objective.
+    The curves' (key, epoch) pairs in `logged` are already in the run (logged live) and are
+    not written twice. The final validation metrics (of the model as it ends, e.g. with the
+    best epoch's weights restored) are logged at step = epochs run, after the last epoch, so
+    they are each metric's latest value: what the MLflow UI shows and sorts by equals the
+    trial's objective.
     """
     from pipeline import model
 
-    tracker.log_history(run_id, result.history)
+    tracker.log_history(run_id, result.history, skip=logged)
     final = score(result, prep, "val")
     tracker.log_metrics(run_id, final, step=result.epochs_run)
     size = {SIZE_OBJECTIVE: float(model.count_params(result.model))}

@@ -9,8 +9,9 @@ Read top to bottom, this module is the search engine:
    run); runs left RUNNING are closed with the state of their trial.
 3. `run_trials` asks for trials until `n_trials` have finished in the whole study. Each trial's
    protocol is ordered so that a worker may die at any instant and `reconcile` still agrees
-   with the store: the run is created before `fit`; after training the result is written on the
-   run, then told to Optuna, then the run is closed.
+   with the store: the run is created before `fit`; per-epoch metrics reach it while it trains
+   and are all written before training returns; then the result is written on the run, then
+   told to Optuna, then the run is closed.
 4. `finish` is done once, by the last worker standing, under the study lock: the parent's
    artifacts, then the champion (the best trial's own model, tested once, registered).
    A champion already made for the same best trial is reported, never made twice.
@@ -71,14 +72,16 @@ class Trainer(Protocol):
 
 
 def keras_trainer(prep: Prepared, tracker: Tracker, *, seed: int) -> Trainer:
-    """Fit, then log curves, final validation metrics and the weights of the trial's model."""
+    """Fit with live per-epoch curves, then log final validation metrics and the weights of
+    the trial's model (all of it in the store before the trial's result is written)."""
 
     def train(params: config.Params, run_id: str, on_epoch: EpochHook) -> Trained:
         from pipeline import model
 
         try:
-            result = stages.fit(params, prep, seed=seed, on_epoch=on_epoch)
-            metrics = stages.log_training(tracker, run_id, result, prep)
+            result, metrics = stages.train_logged(
+                tracker, run_id, params, prep, seed=seed, on_epoch=on_epoch
+            )
             stages.log_weights(tracker, run_id, result)
             return Trained(metrics, result.epochs_run, result.stopped_by == "hook")
         finally:

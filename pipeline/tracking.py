@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -39,6 +39,9 @@ PARENT_TAG = "mlflow.parentRunId"
 WORKER_TAG = "pipeline.worker"  # host:pid of the process that created the run
 _VERSIONED = ("tensorflow", "keras", "mlflow", "optuna", "pandas", "scikit-learn", "numpy")
 _MAX_PARAM_LEN = 6000
+# While a run trains, its per-epoch metrics reach the store at most this often (seconds): live
+# curves in the UI for a long trial, and no store round-trip per epoch for a short one.
+LIVE_SECONDS = 2.0
 
 
 def mask_secret(uri: str) -> str:
@@ -243,6 +246,8 @@ def _end_unended_runs_at_exit() -> None:
 
 class Tracker:
     """One experiment in one tracking store, with the run operations the pipeline needs."""
+
+    live_seconds = LIVE_SECONDS  # how often live_metrics() writes (0: every epoch, as sent)
 
     def __init__(self, uri: str | None, experiment: str) -> None:
         _bound_client_retries()
@@ -481,8 +486,15 @@ class Tracker:
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         self.client.log_batch(run_id, metrics=batch)
 
-    def log_history(self, run_id: str, history: Mapping[str, list[float]]) -> None:
-        """Per-epoch curves (loss, val_loss, accuracy, ..., lr) as metrics with step = epoch."""
+    def log_history(
+        self,
+        run_id: str,
+        history: Mapping[str, list[float]],
+        *,
+        skip: Collection[tuple[str, int]] = (),
+    ) -> None:
+        """Per-epoch curves (loss, val_loss, accuracy, ..., lr) as metrics with step = epoch;
+        the (key, step) pairs in `skip` are left out (already logged live, see LiveMetrics)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -490,9 +502,26 @@ class Tracker:
             Metric(key, float(v), now, step)
             for key, values in history.items()
             for step, v in enumerate(values)
+            if (key, step) not in skip
         ]
         for i in range(0, len(batch), 1000):
             self.client.log_batch(run_id, metrics=batch[i : i + 1000])
+
+    @contextmanager
+    def live_metrics(self, run_id: str) -> Iterator[LiveMetrics]:
+        """Per-epoch metrics sent to the run while it trains (see LiveMetrics). On leaving the
+        block everything logged is in the store (a TrackingError if the store refused some);
+        when the block raises, what can still be written is, and the block's error propagates."""
+        live = LiveMetrics(self, run_id, every=self.live_seconds)
+        try:
+            yield live
+        except BaseException:
+            try:
+                live.flush()  # the curves of a failed or interrupted run, as far as they got
+            except Exception as exc:  # noqa: BLE001 - never mask the block's own error
+                log.warning("run %s: per-epoch metrics not all written: %s", run_id, exc)
+            raise
+        live.flush()
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
@@ -583,6 +612,59 @@ class Tracker:
 
     def ui_url(self, host: str = "127.0.0.1", port: int = 5000) -> str:
         return f"http://{host}:{port}/#/experiments/{self.experiment_id}/runs"
+
+
+class LiveMetrics:
+    """One run's per-epoch metrics, written while it trains with MLflow's asynchronous logging.
+
+    `log` only buffers, unless `every` seconds have passed since the last write: then the
+    buffer goes to the store as one batch on MLflow's logging thread (`log_batch(...,
+    synchronous=False)`), so training never waits for the store and a long run's curves are
+    visible in the UI as it goes, while a run shorter than `every` writes one batch at the end,
+    as if logged after training. `flush` waits for every batch sent and writes the rest: after
+    it the store holds every metric logged here, exactly once per (key, step).
+    """
+
+    def __init__(self, tracker: Tracker, run_id: str, *, every: float) -> None:
+        self._tracker = tracker
+        self._run_id = run_id
+        self._every = every
+        self._pending: list[Any] = []  # mlflow Metric entities not sent yet
+        self._sent: list[Any] = []  # MLflow RunOperations (futures) of the batches sent
+        self._last = time.monotonic()
+        self.logged: set[tuple[str, int]] = set()  # (key, step) of every metric logged here
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Buffer one epoch's metrics at `step`; send the buffer if `every` seconds have passed."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        for key, value in metrics.items():
+            if (key, step) not in self.logged:
+                self.logged.add((key, step))
+                self._pending.append(Metric(key, float(value), now, step))
+        if self._pending and time.monotonic() - self._last >= self._every:
+            self._send(synchronous=False)
+
+    def _send(self, *, synchronous: bool) -> None:
+        batch, self._pending = self._pending, []
+        self._last = time.monotonic()
+        for i in range(0, len(batch), 1000):  # MLflow's limit per log_batch call
+            ops = self._tracker.client.log_batch(
+                self._run_id, metrics=batch[i : i + 1000], synchronous=synchronous
+            )
+            if ops is not None:
+                self._sent.append(ops)
+
+    def flush(self) -> None:
+        """Wait for the batches sent, then write what is buffered (one round-trip)."""
+        sent, self._sent = self._sent, []
+        tracker = self._tracker
+        with guard(tracker.display_uri, "logging per-epoch metrics", tracker._db_path):
+            for ops in sent:
+                ops.wait()  # raises MLflow's error if the store refused the batch
+        if self._pending:
+            self._send(synchronous=True)
 
 
 def _param_text(value: Any) -> str:

@@ -261,3 +261,69 @@ def test_ctrl_c_is_not_masked_when_recording_the_trial_fails(workdir, monkeypatc
     )
     with pytest.raises(KeyboardInterrupt):
         tracked.run_trials()
+
+
+def test_a_trials_curves_reach_the_store_while_it_trains_and_end_complete(workdir):
+    """Issue 7: per-epoch metrics are in the store while the trial still trains (checked
+    from inside training, at its last epoch), and at the end every curve holds each epoch
+    exactly once, then the final validation metrics at step = epochs run."""
+    import time
+
+    from pipeline import config, stages
+    from pipeline.study import TrackedStudy, keras_trainer
+    from pipeline.tracking import Tracker
+
+    epochs = 4
+    overrides = [
+        "data.source=iris",
+        "name=live",
+        "model.hidden=[4]",
+        f"train.epochs={epochs}",
+        "train.early_stopping.patience=0",
+        "search.n_trials=1",
+        "search.pruner=none",
+        "search.space={model.dropout: {choices: [0.0]}}",
+        f"tracking.uri=sqlite:///{workdir / 'mlruns' / 'mlflow.db'}",
+    ]
+    params = config.load(Path(__file__).parent.parent / "params" / "default.yaml", overrides)
+    prep = stages.prepare(params)
+    tracker = Tracker(params.tracking.uri, "live")
+    tracker.live_seconds = 0  # send every epoch (asynchronously) as soon as it ends
+    seen_live: list[list[int]] = []
+
+    def steps(run_id: str, key: str) -> list[int]:
+        return sorted(m.step for m in tracker.client.get_metric_history(run_id, key))
+
+    def trainer(p, run_id, on_epoch):  # noqa: ANN001, ANN202
+        def hook(epoch: int, logs: dict[str, float]) -> bool:
+            if epoch == epochs - 1:  # still inside fit: wait (bounded) for the earlier epochs
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    seen_live[:] = [steps(run_id, "val_loss"), steps(run_id, "lr")]
+                    if seen_live[0][:epoch] == list(range(epoch)):
+                        break
+                    time.sleep(0.05)
+            return on_epoch(epoch, logs)
+
+        return keras_trainer(prep, tracker, seed=0)(p, run_id, hook)
+
+    tracked = TrackedStudy.open(
+        params,
+        prep,
+        tracker,
+        name="live",
+        storage=search.make_storage(str(workdir / "journal.log")),
+        storage_display="test",
+        trainer=trainer,
+    )
+    with tracker.run("study-live", resume_id=tracked.parent_id):
+        tracked.run_trials()
+    (trial,) = tracked.study._trials()
+    assert trial.state.name == "COMPLETE" and seen_live, "the hook never ran at the last epoch"
+    earlier = list(range(epochs - 1))
+    assert [seen[: epochs - 1] for seen in seen_live] == [earlier, earlier], "not live"
+    run_id = trial.user_attrs[search.RUN_ATTR]
+    for key in ("loss", "accuracy", "lr"):
+        assert steps(run_id, key) == list(range(epochs)), key
+    for key in ("val_loss", "val_accuracy", "val_f1"):
+        assert steps(run_id, key) == [*range(epochs), epochs], key

@@ -29,8 +29,7 @@ def main(args: argparse.Namespace) -> int:
     with tracker.run("train", tags={"pipeline.kind": "train"}) as run_id:
         tracker.log_params(run_id, config.flatten(params))
         stages.log_dataset(tracker, run_id, params, prep)
-        result = stages.fit(params, prep, seed=params.seed)
-        val = stages.log_training(tracker, run_id, result, prep)
+        result, val = stages.train_logged(tracker, run_id, params, prep, seed=params.seed)
         made = stages.log_champion(tracker, run_id, params, prep, result, register_as=None)
     rows = [{"metric": k, "value": v} for k, v in {**val, **made.test}.items()]
     print(report.table(rows, ["metric", "value"]))
