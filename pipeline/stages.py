@@ -88,14 +88,33 @@ def experiment_name(params: config.Params) -> str:
 
 def prepare(params: config.Params) -> Prepared:
     """Load, split and normalize (scalers of features and regression target fitted on the
-    training split only)."""
-    from pipeline import data
+    training split only).
 
-    dataset = data.load(params.data)
-    raw = data.split(dataset, params.split, seed=params.seed)
-    scaled, scaler = data.normalize(raw)
-    target = data.fit_target_scaler(raw.y_train) if dataset.task == "regression" else None
-    return Prepared(dataset, raw, scaled, scaler, target)
+    Data read from CSV files is prepared once per store and cached on disk (pipeline/cache.py,
+    under the store's folder: `mlruns/cache/`): a rerun, and every worker process, memory-maps
+    the arrays instead of parsing the files again. Only the params sections in
+    `PREPARE_KEYS` decide what is prepared: a param added elsewhere that changes it must be
+    added there too, or the cache would serve data prepared without it.
+    """
+    from pipeline import cache, data, tracking
+
+    def build() -> Prepared:
+        dataset = data.load(params.data)
+        raw = data.split(dataset, params.split, seed=params.seed)
+        scaled, scaler = data.normalize(raw)
+        target = data.fit_target_scaler(raw.y_train) if dataset.task == "regression" else None
+        return Prepared(dataset, raw, scaled, scaler, target)
+
+    sources = (params.data.source, params.data.test_source)
+    files = [Path(s) for s in sources if s is not None]
+    if params.data.source in data.BUILTINS or not all(f.is_file() for f in files):
+        return build()  # built-ins load in milliseconds; a missing file is build()'s error
+    key = {k: v for k, v in params.model_dump(mode="json").items() if k in PREPARE_KEYS}
+    root = tracking.store_home(params.tracking.uri) / "cache"
+    return cache.cached(root, key, files, build, digest=lambda p: p.dataset.digest())
+
+
+PREPARE_KEYS = ("data", "split", "seed")  # the params that `prepare` depends on
 
 
 def resolve_metric(params: config.Params, prep: Prepared) -> config.Params:

@@ -156,6 +156,14 @@ def default_uri(home: Path = DEFAULT_HOME) -> str:
     return f"sqlite:///{(home / 'mlflow.db').resolve()}"
 
 
+def store_home(uri: str | None) -> Path:
+    """The project's local folder for a store: the folder of a SQLite store's database, else
+    `./mlruns` (a server's clients keep their local files, such as the data cache, there)."""
+    if uri and uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///") :]).resolve().parent
+    return DEFAULT_HOME.resolve()
+
+
 def _artifact_root(uri: str) -> str | None:
     """Where a local store keeps artifacts: `artifacts/` beside its database file."""
     if uri.startswith("sqlite:///"):
