@@ -60,6 +60,8 @@ class SplitParams(_Section):
     val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     stratify: bool = True
+    # k-fold cross-validation of every search trial over the non-test rows (0 or 1: off).
+    folds: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _fractions_leave_training_rows(self) -> SplitParams:
@@ -67,7 +69,17 @@ class SplitParams(_Section):
             raise ValueError(
                 "val_fraction + test_fraction must be below 0.9 so that training rows remain"
             )
+        if self.folds >= 2 and self.policy == "reuse_all":
+            raise ValueError(
+                "folds (cross-validation) needs policy: holdout; reuse_all scores on the "
+                "training rows themselves, so there is nothing to cross-validate"
+            )
         return self
+
+    @property
+    def cross_validated(self) -> bool:
+        """True when trials are scored by k-fold cross-validation (folds >= 2)."""
+        return self.folds >= 2
 
 
 class ModelParams(_Section):

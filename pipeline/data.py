@@ -448,6 +448,75 @@ def split(data: Dataset, params: SplitParams, *, seed: int) -> Splits:
     return Splits(X_train, y_train, X_val, y_val, X_test, y_test, policy="holdout")
 
 
+@dataclass(frozen=True)
+class Folds:
+    """k-fold cross-validation over the non-test rows `X`, `y`: fold i validates on the rows
+    `val[i]` (indices into X) and trains on all the others. The test rows are apart, in no fold:
+    they are the champion's one-time test split."""
+
+    X: np.ndarray
+    y: np.ndarray
+    val: tuple[np.ndarray, ...]
+    X_test: np.ndarray
+    y_test: np.ndarray
+
+    @property
+    def k(self) -> int:
+        return len(self.val)
+
+    def train_index(self, i: int) -> np.ndarray:
+        """The rows fold i trains on: every non-test row outside its validation part."""
+        return np.setdiff1d(np.arange(len(self.y)), self.val[i], assume_unique=True)
+
+    def fold(self, i: int) -> Splits:
+        """Fold i as unscaled splits; its test split is empty (trials never see the test rows)."""
+        train, val = self.train_index(i), self.val[i]
+        X, y = self.X, self.y
+        empty_X, empty_y = self.X_test[:0], self.y_test[:0]
+        return Splits(X[train], y[train], X[val], y[val], empty_X, empty_y, policy="cv_fold")
+
+    def all_rows(self) -> Splits:
+        """Every non-test row as the train split (no validation split) and the test rows: what
+        the champion is trained on once the folds have chosen its params and epochs."""
+        return Splits(self.X, self.y, self.X[:0], self.y[:0], self.X_test, self.y_test, "cv_refit")
+
+
+def cross_validation(data: Dataset, params: SplitParams, *, seed: int) -> Folds:
+    """Hold the test split out exactly as `split` does (same seed, same rows, or the test file)
+    and cut the remaining rows into `params.folds` seeded folds, stratified for classification.
+
+    Too many folds for the data (more folds than rows, or than the rows of a class when
+    stratified) is a DataError naming split.folds and the largest value that works.
+    """
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    k = params.folds
+    holdout = split(data, params, seed=seed)
+    X = np.concatenate([holdout.X_train, holdout.X_val])
+    y = np.concatenate([holdout.y_train, holdout.y_val])
+    strat = params.stratify and data.task == "classification"
+    if strat:
+        counts = np.bincount(y, minlength=data.n_classes)
+        rare = int(counts.argmin())
+        if counts[rare] < k:
+            raise DataError(
+                f"{data.name}: split.folds={k} is too many: class {data.classes[rare]!r} has "
+                f"{counts[rare]} non-test row(s), and a stratified fold needs every class in "
+                f"every validation part. Use split.folds between 2 and {counts[rare]}, or set "
+                "split.stratify: false."
+            )
+        cutter: KFold | StratifiedKFold = StratifiedKFold(k, shuffle=True, random_state=seed)
+    else:
+        if len(y) < k:
+            raise DataError(
+                f"{data.name}: split.folds={k} is too many for {len(y)} non-test rows. Use "
+                f"split.folds between 2 and {len(y)}."
+            )
+        cutter = KFold(k, shuffle=True, random_state=seed)
+    val = tuple(np.sort(v) for _, v in cutter.split(X, y))
+    return Folds(X, y, val, holdout.X_test, holdout.y_test)
+
+
 # -- normalize ------------------------------------------------------------------------------
 
 

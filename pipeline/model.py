@@ -297,15 +297,17 @@ def _make_callback(
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             if logs is None:
                 logs = {}
-            scores = np.asarray(self.model.predict_on_batch(X_val))
             if target is not None:
-                scores = target.inverse(scores)
                 for key, power in (("loss", 2), ("rmse", 1), ("mae", 1)):
                     if key in logs:
                         logs[key] = float(logs[key]) * target.scale**power
-            logs.update(
-                validation_logs(scores, y_val, task, n_classes)
-            )  # shared with later callbacks
+            if len(y_val):  # no validation split: a refit on all its rows (cross-validation)
+                scores = np.asarray(self.model.predict_on_batch(X_val))
+                if target is not None:
+                    scores = target.inverse(scores)
+                logs.update(
+                    validation_logs(scores, y_val, task, n_classes)
+                )  # shared with later callbacks
             logs = {k: float(v) for k, v in logs.items()}
             bad = [k for k, v in logs.items() if not math.isfinite(v)]
             if bad:
@@ -369,6 +371,7 @@ def train(
     recorder = _make_callback(on_epoch, splits.X_val, splits.y_val, task, n_classes, target)
     callbacks: list[Any] = [recorder]
     es = train_params.early_stopping
+    early = None
     if es.patience > 0:
         early = keras.callbacks.EarlyStopping(
             monitor=es.monitor, patience=es.patience, restore_best_weights=es.restore_best_weights
@@ -395,7 +398,11 @@ def train(
         stopped_by = "hook"
     elif epochs_run < train_params.epochs:
         stopped_by = "early_stopping"
-    return TrainResult(model, history, epochs_run, seconds, stopped_by)
+    # The epochs the returned weights were trained for: early stopping's restored best epoch.
+    best_epoch = epochs_run
+    if early is not None and es.restore_best_weights and early.best_weights is not None:
+        best_epoch = int(early.best_epoch) + 1
+    return TrainResult(model, history, epochs_run, seconds, stopped_by, {"best_epoch": best_epoch})
 
 
 def predict_scores(

@@ -325,7 +325,17 @@ def _sampler(params: SearchParams, seed: int) -> optuna.samplers.BaseSampler:
     return s.TPESampler(seed=seed, n_startup_trials=params.n_startup_trials)
 
 
-def _pruner(params: SearchParams, max_epochs: int) -> optuna.pruners.BasePruner:
+def _pruner(params: SearchParams, max_epochs: int, folds: int = 0) -> optuna.pruners.BasePruner:
+    """The pruner of `search.pruner`; its steps are epochs, or folds when `folds` >= 2.
+
+    Cross-validated trials are judged between folds, on the running mean of the search metric
+    over the folds done so far (step = fold index): `median` stops a trial whose running mean
+    is worse than the median of earlier trials' after the same fold, from the first fold on
+    (every trial trains the same seeded folds, so the running means are paired); `hyperband`
+    treats folds as its resource. Optuna's WilcoxonPruner, built for k-fold scores, never prunes
+    at a trial's first two steps and compares with the best trial alone, so with the usual 3-5
+    folds it could prune only at the last fold or two, when there is little left to save.
+    """
     p = optuna.pruners
     if params.multi_objective:
         if params.pruner != "none":
@@ -334,6 +344,12 @@ def _pruner(params: SearchParams, max_epochs: int) -> optuna.pruners.BasePruner:
                 "(set search.pruner: none to silence this)",
                 params.pruner,
             )
+        return p.NopPruner()
+    if folds >= 2:
+        if params.pruner == "median":
+            return p.MedianPruner(n_startup_trials=params.n_startup_trials, n_warmup_steps=0)
+        if params.pruner == "hyperband":
+            return p.HyperbandPruner(min_resource=1, max_resource=folds)
         return p.NopPruner()
     if params.pruner == "median":
         return p.MedianPruner(n_startup_trials=params.n_startup_trials, n_warmup_steps=3)
@@ -436,7 +452,8 @@ class Trial:
     prunable: bool = True  # False in a multi-objective study (Optuna cannot prune those)
 
     def should_prune(self, epoch: int, value: float) -> bool:
-        """Report an intermediate value; True means the pruner wants this trial stopped."""
+        """Report an intermediate value at a step (an epoch, or a fold when trials are
+        cross-validated); True means the pruner wants this trial stopped."""
         if not self.prunable:
             return False
         self._trial.report(value, step=epoch)
@@ -831,6 +848,7 @@ def open_study(
     *,
     seed: int,
     max_epochs: int,
+    folds: int = 0,
     new: bool = False,
 ) -> SearchStudy:
     """Create or resume the study; refuse to resume one whose search space has changed.
@@ -865,7 +883,7 @@ def open_study(
             study_name=name,
             storage=backend,
             sampler=_sampler(params, seed + history + 7919 * slot),
-            pruner=_pruner(params, max_epochs),
+            pruner=_pruner(params, max_epochs, folds),
         )
         if study.metric_names is None and "auto" not in params.metrics:
             study.set_metric_names(list(params.metrics))  # optuna-dashboard labels them

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from pipeline.data import Dataset, Scaler, Splits, TargetScaler
+    from pipeline.data import Dataset, Folds, Scaler, Splits, TargetScaler
     from pipeline.model import EpochHook, TrainInput, TrainResult
     from pipeline.tracking import Tracker
 
@@ -44,11 +44,25 @@ SIZE_OBJECTIVE = "n_params"
 
 
 @dataclass(frozen=True)
+class Fold:
+    """One cross-validation fold, MinMax-scaled by its own scaler (fitted on the fold's
+    training part only), with its training part prepared once as model input."""
+
+    index: int
+    scaled: Splits  # train / val of this fold; its test split is empty
+    scaler: Scaler
+    inputs: TrainInput
+    target: TargetScaler | None  # regression: fitted on this fold's training targets only
+
+
+@dataclass(frozen=True)
 class Prepared:
     """Data loaded, split and normalized once, shared by every trial of a study.
 
     `scaled` holds MinMax-scaled features and the targets in their own units; a regression
     target is standardized (`target`, fitted on the train split) only where the network fits it.
+    With `split.folds` >= 2, `folds` holds the cross-validation folds of the non-test rows as
+    well; `raw`/`scaled` stay the holdout split (the `train` command's), with the same test rows.
     """
 
     dataset: Dataset
@@ -56,7 +70,9 @@ class Prepared:
     scaled: Splits
     scaler: Scaler
     target: TargetScaler | None = None  # regression: what the network's outputs are mapped by
+    folds: Folds | None = None
     _inputs: list[TrainInput] = field(default_factory=list, compare=False, repr=False)
+    _folds: dict[int, Fold] = field(default_factory=dict, compare=False, repr=False)
 
     def train_input(self) -> TrainInput:
         """The scaled train split as model input, built on first use (Keras is imported by
@@ -71,6 +87,36 @@ class Prepared:
                 )
             )
         return self._inputs[0]
+
+    def fold(self, i: int) -> Fold:
+        """Cross-validation fold i, scaled and prepared as model input on first use and kept
+        for every later trial of the study."""
+        if self.folds is None:
+            raise ValueError("no cross-validation folds: split.folds is off")
+        if i not in self._folds:
+            from pipeline import data
+            from pipeline.model import TrainInput
+
+            scaled, scaler = data.normalize(self.folds.fold(i))
+            y, target = scaled.y_train, None
+            if self.dataset.task == "regression":
+                target = data.fit_target_scaler(y)
+                y = target.transform(y)
+            self._folds[i] = Fold(i, scaled, scaler, TrainInput(scaled.X_train, y), target)
+        return self._folds[i]
+
+    def refit(self) -> Prepared:
+        """The data a cross-validated champion is trained on: every non-test row as the train
+        split (a new scaler fitted on them alone), no validation split, the same test rows."""
+        if self.folds is None:
+            raise ValueError("no cross-validation folds: split.folds is off")
+        from pipeline import data
+
+        raw = self.folds.all_rows()
+        scaled, scaler = data.normalize(raw)
+        regression = self.dataset.task == "regression"
+        target = data.fit_target_scaler(raw.y_train) if regression else None
+        return Prepared(self.dataset, raw, scaled, scaler, target)
 
 
 @dataclass(frozen=True)
@@ -103,7 +149,10 @@ def prepare(params: config.Params) -> Prepared:
         raw = data.split(dataset, params.split, seed=params.seed)
         scaled, scaler = data.normalize(raw)
         target = data.fit_target_scaler(raw.y_train) if dataset.task == "regression" else None
-        return Prepared(dataset, raw, scaled, scaler, target)
+        folds = None
+        if params.split.cross_validated:  # the same test rows, the rest cut into k folds
+            folds = data.cross_validation(dataset, params.split, seed=params.seed)
+        return Prepared(dataset, raw, scaled, scaler, target, folds)
 
     sources = (params.data.source, params.data.test_source)
     files = [Path(s) for s in sources if s is not None]
@@ -212,6 +261,101 @@ def train_logged(
 
         result = fit(params, prep, seed=seed, on_epoch=hook)
     return result, log_training(tracker, run_id, result, prep, logged=live.logged)
+
+
+def fit_fold(params: config.Params, prep: Prepared, i: int, *, seed: int) -> TrainResult:
+    """Train on fold i's training part, validating (and early stopping) on its own part.
+
+    No per-epoch hook: in cross-validation the pruner judges a trial between folds.
+    """
+    from pipeline import model
+
+    ds, fold = prep.dataset, prep.fold(i)
+    return model.train(
+        fold.scaled,
+        params.model,
+        params.train,
+        task=ds.task,
+        n_classes=ds.n_classes,
+        seed=seed,
+        inputs=fold.inputs,
+        target=fold.target,
+    )
+
+
+def log_fold(
+    tracker: Tracker, run_id: str, i: int, result: TrainResult, prep: Prepared
+) -> dict[str, float]:
+    """Fold i's per-epoch curves, final validation metrics, epochs run and best epoch, each
+    prefixed `fold{i}_`; returns the final validation metrics (unprefixed, e.g. val_accuracy)
+    and the network's `n_params` (a possible second objective).
+
+    As in `log_training`, the final metrics are logged after the last epoch (step = epochs run),
+    so each `fold{i}_val_*` metric's latest value is the fold's score.
+    """
+    from pipeline import model
+
+    ds, fold = prep.dataset, prep.fold(i)
+    X, y = fold.scaled.X_val, fold.scaled.y_val
+    scores = model.evaluate(
+        result.model, X, y, task=ds.task, n_classes=ds.n_classes, target=fold.target
+    )
+    final = {f"val_{k}": v for k, v in scores.items()}
+    tag = f"fold{i}_"
+    tracker.log_history(run_id, {tag + k: v for k, v in result.history.items()})
+    tracker.log_metrics(run_id, {tag + k: v for k, v in final.items()}, step=result.epochs_run)
+    tracker.log_metrics(
+        run_id,
+        {
+            f"{tag}epochs_run": result.epochs_run,
+            f"{tag}best_epoch": result.extra.get("best_epoch", result.epochs_run),
+        },
+    )
+    return {**final, SIZE_OBJECTIVE: float(model.count_params(result.model))}
+
+
+def refit_epochs(best_epochs: list[int]) -> int:
+    """The epochs a cross-validated champion trains on all non-test rows: the median of the
+    folds' best epochs (the epochs whose weights each fold kept), rounded half up."""
+    import numpy as np
+
+    return max(1, int(np.floor(np.median(best_epochs) + 0.5)))
+
+
+def log_cv(
+    tracker: Tracker, run_id: str, scores: list[dict[str, float]], best_epochs: list[int]
+) -> dict[str, float]:
+    """The cross-validated result of a trial: for every validation metric the folds share,
+    its mean over the folds as the metric itself (e.g. val_accuracy, logged last, at step k, so
+    its latest value is the trial's objective) and as `cv_mean_<metric>`, with the spread as
+    `cv_std_<metric>`; plus `refit_epochs`. Returns the means."""
+    import numpy as np
+
+    keys = [k for k in scores[0] if all(k in s for s in scores)]
+    means = {k: float(np.mean([s[k] for s in scores])) for k in keys}
+    val = [k for k in keys if k.startswith("val_")]
+    spread = {f"cv_std_{k}": float(np.std([s[k] for s in scores])) for k in val}
+    tracker.log_metrics(
+        run_id,
+        {
+            **{f"cv_mean_{k}": means[k] for k in val},
+            **spread,
+            "cv_folds": len(scores),
+            "refit_epochs": refit_epochs(best_epochs),
+        },
+    )
+    tracker.log_metrics(run_id, means, step=len(scores))
+    return means
+
+
+def refit(params: config.Params, prep: Prepared, *, epochs: int, seed: int) -> TrainResult:
+    """Train a cross-validated champion on `prep` (a `Prepared.refit()`: all non-test rows, no
+    validation split) for exactly `epochs` epochs.
+
+    The run stops through the epoch hook rather than a shorter `train.epochs`, so a learning
+    rate schedule (e.g. cosine over train.epochs) is the very one the folds trained under.
+    """
+    return fit(params, prep, seed=seed, on_epoch=lambda epoch, logs: epoch + 1 >= epochs)
 
 
 def score(result: TrainResult, prep: Prepared, split: str) -> dict[str, float]:

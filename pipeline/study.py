@@ -35,7 +35,7 @@ from pipeline.errors import PipelineError, TrainingDiverged
 if TYPE_CHECKING:
     import pandas as pd
 
-    from pipeline.model import EpochHook
+    from pipeline.model import EpochHook, TrainResult
     from pipeline.stages import Prepared
     from pipeline.tracking import Tracker
 
@@ -54,11 +54,13 @@ STUDY_PAGE = "study_figures.html"  # the parent run's artifact with the study fi
 @dataclass(frozen=True)
 class Trained:
     """What training one trial produced: its final validation metrics, and whether the
-    pruner stopped it (after `epochs_run` epochs)."""
+    pruner stopped it (after `epochs_run` epochs, or after `folds_run` folds when the trial
+    was cross-validated)."""
 
     metrics: dict[str, float]
     epochs_run: int
     pruned: bool
+    folds_run: int = 0  # cross-validation folds trained; 0 without cross-validation
 
 
 class Trainer(Protocol):
@@ -86,6 +88,48 @@ def keras_trainer(prep: Prepared, tracker: Tracker, *, seed: int) -> Trainer:
             return Trained(metrics, result.epochs_run, result.stopped_by == "hook")
         finally:
             model.release()
+
+    return train
+
+
+def cv_trainer(prep: Prepared, tracker: Tracker, *, seed: int) -> Trainer:
+    """k-fold cross-validation of one trial (`split.folds` >= 2): train on each fold in turn,
+    log its curves and scores as `fold{i}_*`, and end with the mean over the folds as the
+    trial's validation metrics (its objective), their spread and the epochs to refit with.
+
+    Pruning is between folds, not epochs: after each fold but the last, the hook is given the
+    running mean of the search metric with step = fold index (see search._pruner), so a trial
+    whose first folds already score below the median stops early. Within a fold no epoch is
+    reported (a fold-0 epoch and a fold-2 epoch are not comparable steps); early stopping
+    still ends each fold. No weights are logged: the champion is trained again, once, on all
+    non-test rows (TrackedStudy._make_champion).
+    """
+    folds = prep.folds
+    if folds is None:
+        raise ValueError("cv_trainer needs cross-validation folds (split.folds >= 2)")
+
+    def train(params: config.Params, run_id: str, on_epoch: EpochHook) -> Trained:
+        from pipeline import model
+
+        metric = params.search.metrics[0]  # the one that prunes (the first, if several)
+        scores: list[dict[str, float]] = []
+        best_epochs: list[int] = []
+        seconds = 0.0
+        for i in range(folds.k):
+            try:
+                result = stages.fit_fold(params, prep, i, seed=seed)
+                scores.append(stages.log_fold(tracker, run_id, i, result, prep))
+            finally:
+                model.release()
+            best_epochs.append(int(result.extra.get("best_epoch", result.epochs_run)))
+            seconds += result.seconds
+            running = sum(s[metric] for s in scores) / len(scores)
+            if i < folds.k - 1 and on_epoch(i, {metric: running}):
+                tracker.log_metrics(run_id, {"train_seconds": seconds})
+                return Trained({metric: running}, result.epochs_run, True, folds_run=i + 1)
+        means = stages.log_cv(tracker, run_id, scores, best_epochs)
+        tracker.log_metrics(run_id, {"train_seconds": seconds})
+        return Trained(means, stages.refit_epochs(best_epochs), False, folds_run=folds.k)
 
     return train
 
@@ -156,7 +200,8 @@ class TrackedStudy:
         self.parent_id = parent_id
         self.storage = storage  # masked URL, for tags and messages
         self.name = study.name
-        self.trainer = trainer or keras_trainer(prep, tracker, seed=params.seed)
+        default = cv_trainer if prep.folds is not None else keras_trainer
+        self.trainer = trainer or default(prep, tracker, seed=params.seed)
 
     # -- 1. open ----------------------------------------------------------------------------
 
@@ -176,7 +221,13 @@ class TrackedStudy:
         """Open or resume the study and elect its parent run (exactly one per study)."""
         params = stages.resolve_metric(params, prep)
         study = search.open_study(
-            name, storage, params.search, seed=params.seed, max_epochs=params.train.epochs, new=new
+            name,
+            storage,
+            params.search,
+            seed=params.seed,
+            max_epochs=params.train.epochs,
+            folds=prep.folds.k if prep.folds is not None else 0,
+            new=new,
         )
         parent_id = study.attr(PARENT_ATTR)
         if not tracker.exists(parent_id):
@@ -352,7 +403,11 @@ class TrackedStudy:
                     trained = self.trainer(trial_params, run_id, hook)
                     if trained.pruned:
                         state, value = "PRUNED", None
-                        extra = {"pruned_at_epoch": str(trained.epochs_run)}
+                        extra = (
+                            {"pruned_after_fold": str(trained.folds_run)}
+                            if trained.folds_run
+                            else {"pruned_at_epoch": str(trained.epochs_run)}
+                        )
                     else:
                         values = [float(trained.metrics[m]) for m in metrics]
                         for m, v in zip(metrics, values, strict=True):
@@ -427,11 +482,20 @@ class TrackedStudy:
 
     def _make_champion(self, best: search.Best) -> ChampionRecord:
         """The best trial's own model (its logged weights and curves; no retraining), tested
-        once, logged as a servable model with the scaler and label decoding, registered."""
+        once, logged as a servable model with the scaler and label decoding, registered.
+
+        Cross-validated trials (`split.folds`) leave k models, none trained on all the data:
+        the champion is then trained once more with the best trial's params on every non-test
+        row (a scaler fitted on them), for the median of its folds' best epochs, with no
+        validation split and so no early stopping, and tested and registered the same way.
+        """
         params = self.params
         if best.run_id is None:
             raise PipelineError(f"study {self.name!r}: best trial {best.number} has no run.")
-        champion = config.with_values(params, best.params, origin=f"best trial {best.number}")
+        values = dict(best.params)
+        if self.prep.folds is not None:  # no validation rows in the refit: nothing to monitor
+            values["train.early_stopping.patience"] = 0
+        champion = config.with_values(params, values, origin=f"best trial {best.number}")
         name = params.tracking.model_name or stages.experiment_name(params)
         tags = {
             "pipeline.study": self.name,
@@ -441,9 +505,13 @@ class TrackedStudy:
         }
         with self.tracker.run("champion", parent_id=self.parent_id, tags=tags) as run_id:
             self.tracker.log_params(run_id, config.flatten(champion))
-            result = stages.load_trained(self.tracker, best.run_id, self.prep)
-            self.tracker.log_history(run_id, result.history)
-            val = stages.score(result, self.prep, "val")
+            if self.prep.folds is None:
+                prep = self.prep
+                result = stages.load_trained(self.tracker, best.run_id, prep)
+                self.tracker.log_history(run_id, result.history)
+                val = stages.score(result, prep, "val")
+            else:
+                prep, result, val = self._refit(run_id, champion, best)
             self.tracker.log_metrics(
                 run_id, {**val, "epochs_run": result.epochs_run, "train_seconds": result.seconds}
             )
@@ -451,7 +519,7 @@ class TrackedStudy:
                 self.tracker,
                 run_id,
                 champion,
-                self.prep,
+                prep,
                 result,
                 register_as=name if params.tracking.register_model else None,
             )
@@ -460,6 +528,24 @@ class TrackedStudy:
             f"models:/{name}@champion (version {made.version})" if made.version else made.model_uri
         )
         return ChampionRecord(best.number, run_id, where, made.test)
+
+    def _refit(
+        self, run_id: str, champion: config.Params, best: search.Best
+    ) -> tuple[Prepared, TrainResult, dict[str, float]]:
+        """Train the cross-validated champion on all non-test rows for the epochs the best
+        trial's folds chose; its cross-validation scores go on the champion run as its
+        validation evidence (there is no validation split left to score)."""
+        trial = self.tracker.run_metrics(str(best.run_id))
+        epochs = int(trial["refit_epochs"])
+        cv = {k: v for k, v in trial.items() if k.startswith(("cv_mean_", "cv_std_"))}
+        prep = self.prep.refit()
+        self.tracker.set_tags(
+            run_id,
+            {"pipeline.refit": f"all {len(prep.raw.y_train)} non-test rows, {epochs} epochs"},
+        )
+        result = stages.refit(champion, prep, epochs=epochs, seed=self.params.seed)
+        self.tracker.log_history(run_id, result.history)
+        return prep, result, {**cv, "refit_epochs": epochs, "cv_folds": trial.get("cv_folds", 0)}
 
     def log_parent_artifacts(self) -> pd.DataFrame:
         """Trials table, best params and study figures on the parent run; returns the table.
@@ -510,8 +596,10 @@ class TrackedStudy:
         maximize = sp.directions[0] == "maximize"
         done = frame[frame["state"] == "COMPLETE"].sort_values("value", ascending=not maximize)
         col = f"user_attrs_{search.RUN_ATTR}"
+        # Cross-validated trials log per-epoch curves per fold: show their first fold's.
+        key = metric if self.prep.folds is None else f"fold0_{metric}"
         curves = {
-            f"trial {int(row['number'])}": tracker.metric_history(row[col], metric)
+            f"trial {int(row['number'])}": tracker.metric_history(row[col], key)
             for _, row in done.head(sp.top_k).iterrows()
             if col in row and isinstance(row[col], str)
         }

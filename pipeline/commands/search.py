@@ -238,8 +238,14 @@ def _print_outcome(outcome: Outcome, params: config.Params, ui_url: str) -> None
         print(f"\nno champion yet: {outcome.pending}")
         return
     best, champ = outcome.best, outcome.champion
+    own = (
+        "its params trained once more on all non-test rows (split.folds), evaluated once on "
+        "the test split:"
+        if params.split.cross_validated
+        else "its own model (no retraining), evaluated once on the test split:"
+    )
     how = (
-        "its own model (no retraining), evaluated once on the test split:"
+        own
         if outcome.made_here
         else "already evaluated for this best trial (the test split is not used again):"
     )

@@ -26,6 +26,8 @@ def main(args: argparse.Namespace) -> int:
     log.info(
         "training on %s: %d rows, %d features, task %s", ds.name, len(ds.y), ds.X.shape[1], ds.task
     )
+    if params.split.cross_validated:
+        log.info("split.folds scores search trials; train uses the train/val/test split")
     with tracker.run("train", tags={"pipeline.kind": "train"}) as run_id:
         tracker.log_params(run_id, config.flatten(params))
         stages.log_dataset(tracker, run_id, params, prep)
