@@ -138,3 +138,21 @@ def test_a_list_of_metrics_needs_matching_directions(tmp_path: Path) -> None:
                 "search: {metric: [val_f1, val_loss, n_params], direction: [maximize, minimize]}\n",
             )
         )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["split.folds=-2"], "split.folds = -2: Input should be greater than or equal to 0"),
+        (["split.folds=3", "split.policy=reuse_all"], "folds (cross-validation) needs policy"),
+    ],
+)
+def test_bad_folds_are_refused_naming_the_key(overrides, needle) -> None:
+    with pytest.raises(ConfigError) as err:
+        config.load(REPO / "params" / "default.yaml", overrides)
+    assert needle in str(err.value)
+
+
+def test_folds_zero_and_one_mean_no_cross_validation() -> None:
+    on = [config.load(REPO / "params" / "default.yaml", [f"split.folds={k}"]) for k in (0, 1, 2)]
+    assert [p.split.cross_validated for p in on] == [False, False, True]

@@ -206,3 +206,71 @@ def test_a_test_file_needs_a_csv_source_and_a_holdout_split(tmp_path):
     ds = data.load(DataParams(source=train, test_source=test))
     with pytest.raises(DataError, match="reuse_all"):
         data.split(ds, SplitParams(policy="reuse_all"), seed=0)
+
+
+def ids_dataset(n: int = 90, n_classes: int = 3) -> data.Dataset:
+    """Rows that carry their own number as feature 0 (and a spread feature 1), so any split's
+    rows can be told apart; classes cycle 0, 1, 2, ..."""
+    i = np.arange(n, dtype=np.float32)
+    X = np.column_stack([i, (i * 7) % 13])
+    y = np.arange(n) % n_classes
+    classes = tuple(f"c{k}" for k in range(n_classes))
+    return data.Dataset("ids", X, y, ("i", "z"), "y", "classification", classes)
+
+
+def test_cross_validation_folds_are_disjoint_cover_the_non_test_rows_and_skip_the_test_rows():
+    ds = ids_dataset()
+    params = SplitParams(folds=3)
+    cv = data.cross_validation(ds, params, seed=4)
+    holdout = data.split(ds, params, seed=4)
+    test = set(holdout.X_test[:, 0].tolist())
+    assert set(cv.X_test[:, 0].tolist()) == test  # the very test rows of the holdout split
+    vals = [set(cv.fold(i).X_val[:, 0].tolist()) for i in range(cv.k)]
+    assert cv.k == 3 and sum(map(len, vals)) == 90 - len(test) == 72
+    assert set().union(*vals) == set(range(90)) - test  # cover every non-test row...
+    assert all(not (a & b) for n, a in enumerate(vals) for b in vals[n + 1 :])  # ...once
+    for i in range(cv.k):
+        fold = cv.fold(i)
+        train = set(fold.X_train[:, 0].tolist())
+        assert train == set().union(*vals) - vals[i]  # trains on the other folds
+        assert not (train | vals[i]) & test and len(fold.y_test) == 0  # never a test row
+        assert np.bincount(fold.y_val).tolist() == [8, 8, 8]  # stratified: 72 rows / 3 / 3
+    again = data.cross_validation(ds, params, seed=4)
+    assert all(np.array_equal(a, b) for a, b in zip(cv.val, again.val, strict=True))  # seeded
+    refit = cv.all_rows()
+    assert set(refit.X_train[:, 0].tolist()) == set(range(90)) - test and len(refit.y_val) == 0
+
+
+def test_each_fold_scales_with_a_scaler_fitted_on_its_own_training_part():
+    from pipeline import stages
+
+    ds = ids_dataset()
+    raw = data.split(ds, SplitParams(folds=3), seed=4)
+    cv = data.cross_validation(ds, SplitParams(folds=3), seed=4)
+    scaled, scaler = data.normalize(raw)
+    prep = stages.Prepared(ds, raw, scaled, scaler, cv)
+    lows = set()
+    for i in range(cv.k):
+        fold, part = prep.fold(i), cv.fold(i)
+        assert np.array_equal(fold.scaler.minimum, part.X_train.min(axis=0))
+        assert np.array_equal(fold.scaler.span, part.X_train.max(axis=0) - part.X_train.min(0))
+        assert np.allclose(fold.scaled.X_val, fold.scaler.transform(part.X_val))
+        lows.add(float(fold.scaler.minimum[0]))
+    assert len(lows) > 1  # not one scaler for all: the smallest non-test row is in one val part
+    whole = prep.refit()  # the champion's: fitted on every non-test row, test rows apart
+    assert np.array_equal(whole.scaler.minimum, cv.X.min(axis=0))
+    assert np.array_equal(whole.raw.X_test, raw.X_test)
+
+
+@pytest.mark.parametrize(
+    ("folds", "stratify", "needle"),
+    [
+        (1000, True, "split.folds=1000 is too many: class"),
+        (1000, False, "split.folds=1000 is too many for"),
+    ],
+)
+def test_more_folds_than_rows_of_a_class_is_a_clear_error(folds, stratify, needle):
+    ds = ids_dataset()
+    with pytest.raises(DataError, match=needle) as err:
+        data.cross_validation(ds, SplitParams(folds=folds, stratify=stratify), seed=0)
+    assert "Use split.folds between 2 and" in str(err.value)

@@ -840,3 +840,61 @@ def test_the_jax_backend_trains_and_its_model_serves_on_tensorflow(workdir, stor
     )
     assert served.returncode == 0, served.stderr[-3000:]
     assert f"accuracy against column 'target': {logged:.4f}" in served.stderr
+
+
+@pytest.mark.parametrize("folds", ["1000", "-1"])
+def test_a_bad_fold_count_stops_the_search_before_any_run(workdir, capsys, folds):
+    code = run.main(["search", "-p", "iris", "--set", f"split.folds={folds}"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"split.folds={folds}" in err.replace(" = ", "=")
+    assert "Traceback" not in err and not (workdir / "mlruns").exists()
+
+
+@pytest.mark.slow
+def test_a_cross_validated_search_ranks_trials_by_their_fold_mean_and_refits_the_champion(
+    workdir, store_uri, capsys
+):
+    """split.folds=3 on iris: every trial run carries its three folds' scores and their mean
+    (its latest val_accuracy, which is its Optuna value); the champion is the best params
+    trained once on all 120 non-test rows for the folds' median best epoch, tested once."""
+    import mlflow
+    import numpy as np
+
+    from pipeline import search
+
+    sets = ["split.folds=3", "search.n_trials=2", "train.epochs=3", "model.hidden=[8]"]
+    flags = ["-p", "iris", "--tracking-uri", store_uri]
+    flags += [a for s in [*sets, "search.pruner=none"] for a in ("--set", s)]
+    assert run.main(["search", *flags]) == 0
+    assert "trained once more on all non-test rows" in capsys.readouterr().out
+
+    client = mlflow.MlflowClient(store_uri)
+    runs = client.search_runs([client.get_experiment_by_name("iris-softmax").experiment_id])
+    trials = {int(r.data.tags["pipeline.trial"]): r for r in runs if "pipeline.trial" in r.data.tags}
+    params = config.load(REPO / "params" / "iris.yaml", sets)
+    journal = search.make_storage(str(workdir / "mlruns" / "optuna-journal.log"))
+    study = search.open_study("iris-softmax", journal, params.search, seed=0, max_epochs=3)
+    objectives = study.values()
+    assert sorted(objectives) == sorted(trials) == [0, 1]
+    for number, trial in trials.items():
+        m = trial.data.metrics
+        folds = [m[f"fold{i}_val_accuracy"] for i in range(3)]
+        assert "fold3_val_accuracy" not in m
+        assert m["val_accuracy"] == pytest.approx(np.mean(folds)) == m["cv_mean_val_accuracy"]
+        assert m["cv_std_val_accuracy"] == pytest.approx(np.std(folds))
+        assert m["val_accuracy"] == objectives[number]  # one ranking: MLflow's latest = Optuna's
+        best_epochs = [int(m[f"fold{i}_best_epoch"]) for i in range(3)]
+        assert m["refit_epochs"] == int(np.floor(np.median(best_epochs) + 0.5))
+
+    best = max(objectives, key=objectives.get)
+    champion = client.get_run(client.get_model_version_by_alias("iris-softmax", "champion").run_id)
+    assert champion.data.tags["pipeline.best_trial"] == str(best)
+    assert champion.data.tags["pipeline.refit"].startswith("all 120 non-test rows")
+    assert champion.data.params["train.early_stopping.patience"] == "0"  # no validation rows
+    assert champion.data.metrics["epochs_run"] == trials[best].data.metrics["refit_epochs"]
+    assert champion.data.metrics["cv_mean_val_accuracy"] == objectives[best]
+    assert not {"val_accuracy", "fold0_val_accuracy"} & set(champion.data.metrics)
+    tested = client.get_metric_history(champion.info.run_id, "test_accuracy")
+    assert len(tested) == 1  # the test split is used once, by the refit model
+    parent = client.get_run(champion.data.tags["mlflow.parentRunId"])
+    assert parent.data.metrics["test_accuracy"] == tested[0].value
