@@ -327,3 +327,51 @@ def test_a_trials_curves_reach_the_store_while_it_trains_and_end_complete(workdi
         assert steps(run_id, key) == list(range(epochs)), key
     for key in ("val_loss", "val_accuracy", "val_f1"):
         assert steps(run_id, key) == [*range(epochs), epochs], key
+
+
+@pytest.mark.slow
+def test_a_cross_validated_trial_is_pruned_between_folds_on_its_running_mean(workdir):
+    """With split.folds the median pruner judges a trial after each fold (step = fold index,
+    value = the running mean of its folds' scores), never per epoch: a trial that cannot learn
+    stops after its first fold once a learning trial has set the median."""
+    from pipeline import config, stages
+    from pipeline.study import TrackedStudy
+    from pipeline.tracking import Tracker
+
+    overrides = [
+        "data.source=iris",
+        "name=cvprune",
+        "split.folds=3",
+        "model.hidden=[16]",
+        "train.epochs=4",
+        "search.n_trials=2",
+        "search.pruner=median",
+        "search.n_startup_trials=1",
+        "search.space={train.learning_rate: {choices: [0.05, 1.0e-6]}}",
+        f"tracking.uri=sqlite:///{workdir / 'mlruns' / 'mlflow.db'}",
+    ]
+    params = config.load(Path(__file__).parent.parent / "params" / "default.yaml", overrides)
+    prep = stages.prepare(params)
+    tracker = Tracker(params.tracking.uri, "cvprune")
+    tracked = TrackedStudy.open(
+        params,
+        prep,
+        tracker,
+        name="cvprune",
+        storage=search.make_storage(str(workdir / "journal.log")),
+        storage_display="test",
+    )
+    for lr in (0.05, 1.0e-6):  # the learning trial first, then the one that cannot learn
+        tracked.study._study.enqueue_trial({"train.learning_rate": lr})
+    with tracker.run("study-cvprune", resume_id=tracked.parent_id):
+        tracked.run_trials()
+    good, bad = tracked.study._trials()
+    assert (good.state.name, bad.state.name) == ("COMPLETE", "PRUNED")
+    done = tracker.client.get_run(good.user_attrs[search.RUN_ATTR]).data.metrics
+    folds = [done[f"fold{i}_val_accuracy"] for i in range(3)]
+    assert good.intermediate_values == pytest.approx({0: folds[0], 1: (folds[0] + folds[1]) / 2})
+    assert list(bad.intermediate_values) == [0]  # one fold, no epoch steps
+    run = tracker.client.get_run(bad.user_attrs[search.RUN_ATTR])
+    assert (
+        run.data.tags["pruned_after_fold"] == "1" and "fold1_val_accuracy" not in run.data.metrics
+    )
