@@ -870,7 +870,9 @@ def test_a_cross_validated_search_ranks_trials_by_their_fold_mean_and_refits_the
 
     client = mlflow.MlflowClient(store_uri)
     runs = client.search_runs([client.get_experiment_by_name("iris-softmax").experiment_id])
-    trials = {int(r.data.tags["pipeline.trial"]): r for r in runs if "pipeline.trial" in r.data.tags}
+    trials = {
+        int(r.data.tags["pipeline.trial"]): r for r in runs if "pipeline.trial" in r.data.tags
+    }
     params = config.load(REPO / "params" / "iris.yaml", sets)
     journal = search.make_storage(str(workdir / "mlruns" / "optuna-journal.log"))
     study = search.open_study("iris-softmax", journal, params.search, seed=0, max_epochs=6)
