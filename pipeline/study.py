@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARENT_ATTR = "mlflow_parent_run_id"
+FOLDS_ATTR = "cv_folds"  # how the study scores its trials: 0 = a validation split, k = k folds
 CHAMPION_ATTR = "champion"
 STATE_TAG = "optuna.state"
 RESULT_TAG = "pipeline.objective"  # the trial's objective, written on the run before Optuna
@@ -229,12 +230,33 @@ class TrackedStudy:
             folds=prep.folds.k if prep.folds is not None else 0,
             new=new,
         )
+        cls._check_folds(study, prep)
         parent_id = study.attr(PARENT_ATTR)
         if not tracker.exists(parent_id):
             parent_id = cls._elect_parent(params, prep, tracker, study, name, storage_display)
         return cls(
             params, prep, tracker, study, parent_id, storage=storage_display, trainer=trainer
         )
+
+    @staticmethod
+    def _check_folds(study: search.SearchStudy, prep: Prepared) -> None:
+        """Refuse to resume a study whose trials were scored another way (a validation split
+        vs k folds, or another k): it would rank incomparable objectives, and a champion
+        refit needs the folds' epochs. A study without the record predates split.folds."""
+        folds = prep.folds.k if prep.folds is not None else 0
+        stored = study.attr(FOLDS_ATTR)
+        if stored is None and not study.trial_states():
+            study.set_attr(FOLDS_ATTR, folds)
+            return
+        before = int(stored or 0)
+        if before != folds:
+            how = {0: "a validation split (split.folds off)"}.get(before, f"{before}-fold CV")
+            raise PipelineError(
+                f"study {study.name!r} scored its trials by {how}; split.folds is now "
+                f"{folds}, so resuming would rank incomparable objectives. Run again with "
+                f"--new to start over, --study NAME for a separate study, or split.folds="
+                f"{before}."
+            )
 
     @staticmethod
     def _elect_parent(

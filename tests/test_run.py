@@ -900,3 +900,8 @@ def test_a_cross_validated_search_ranks_trials_by_their_fold_mean_and_refits_the
     assert len(tested) == 1  # the test split is used once, by the refit model
     parent = client.get_run(champion.data.tags["mlflow.parentRunId"])
     assert parent.data.metrics["test_accuracy"] == tested[0].value
+
+    # Resuming it without folds would rank holdout scores against fold means: refused.
+    flags[flags.index("split.folds=3")] = "split.folds=0"
+    assert run.main(["search", *flags, "--trials", "3"]) == 2
+    assert "scored its trials by 3-fold CV; split.folds is now 0" in capsys.readouterr().err
