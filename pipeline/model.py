@@ -38,6 +38,7 @@ class TrainResult:
     epochs_run: int
     seconds: float
     stopped_by: str  # completed | early_stopping | hook
+    # best_epoch: the epochs the returned weights trained for (early stopping's restored epoch)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -334,7 +335,8 @@ def train(
     shuffle: bool = True,
     target: TargetScaler | None = None,
 ) -> TrainResult:
-    """Build and fit the MLP on the (normalized) train split, validating on the val split.
+    """Build and fit the MLP on the (normalized) train split, validating on the val split
+    (an empty val split trains without validation: a cross-validated champion's refit).
 
     `inputs` is the train split prepared once as model input (see TrainInput), with the target
     as the network fits it; without it, the arrays are fed as they are. `target` (regression)

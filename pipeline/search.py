@@ -333,8 +333,8 @@ def _pruner(params: SearchParams, max_epochs: int, folds: int = 0) -> optuna.pru
     is worse than the median of earlier trials' after the same fold, from the first fold on
     (every trial trains the same seeded folds, so the running means are paired); `hyperband`
     treats folds as its resource. Optuna's WilcoxonPruner, built for k-fold scores, never prunes
-    at a trial's first two steps and compares with the best trial alone, so with the usual 3-5
-    folds it could prune only at the last fold or two, when there is little left to save.
+    before a trial's third reported step and compares with the best trial alone, so with 3
+    folds it could never save a fold, and with 5 at most two.
     """
     p = optuna.pruners
     if params.multi_objective:
