@@ -892,7 +892,8 @@ def test_a_cross_validated_search_ranks_trials_by_their_fold_mean_and_refits_the
     champion = client.get_run(client.get_model_version_by_alias("iris-softmax", "champion").run_id)
     assert champion.data.tags["pipeline.best_trial"] == str(best)
     assert champion.data.tags["pipeline.refit"].startswith("all 120 non-test rows")
-    assert champion.data.params["train.early_stopping.patience"] == "0"  # no validation rows
+    refit = {k: champion.data.params[f"train.early_stopping.{k}"] for k in ("monitor", "patience")}
+    assert refit == {"monitor": "loss", "patience": "6"}  # no validation rows: its best loss
     assert champion.data.metrics["epochs_run"] == trials[best].data.metrics["refit_epochs"] < 6
     assert champion.data.metrics["cv_mean_val_accuracy"] == objectives[best]
     assert not {"val_accuracy", "fold0_val_accuracy"} & set(champion.data.metrics)
