@@ -248,7 +248,7 @@ def test_each_fold_scales_with_a_scaler_fitted_on_its_own_training_part():
     raw = data.split(ds, SplitParams(folds=3), seed=4)
     cv = data.cross_validation(ds, SplitParams(folds=3), seed=4)
     scaled, scaler = data.normalize(raw)
-    prep = stages.Prepared(ds, raw, scaled, scaler, cv)
+    prep = stages.Prepared(ds, raw, scaled, scaler, folds=cv)
     lows = set()
     for i in range(cv.k):
         fold, part = prep.fold(i), cv.fold(i)
