@@ -27,6 +27,7 @@ import hashlib
 import importlib
 import json
 import logging
+import mmap
 import os
 import shutil
 import tempfile
@@ -211,6 +212,17 @@ def _remove_stale(root: Path, base: str, keep: str) -> None:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 old.unlink(missing_ok=True)  # its lock file
+
+
+def release(*arrays: np.ndarray) -> None:
+    """Give the pages of memory-mapped arrays that this process has read once (e.g. to hash
+    them) back to the page cache: they leave the process's RSS but stay cached and shared, and
+    a later read maps them in again. Arrays not mapped from a file are left alone."""
+    for array in arrays:
+        mapped = getattr(array, "_mmap", None)  # np.memmap's mapping (np.load(mmap_mode=...))
+        if isinstance(mapped, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+            with contextlib.suppress(OSError, ValueError):  # closed, or madvise unsupported
+                mapped.madvise(mmap.MADV_DONTNEED)
 
 
 # -- reading ----------------------------------------------------------------------------------

@@ -373,24 +373,35 @@ def score(result: TrainResult, prep: Prepared, split: str) -> dict[str, float]:
 
 def log_dataset(tracker: Tracker, run_id: str, params: config.Params, prep: Prepared) -> None:
     """The whole data set (raw features and labels) as the run's MLflow dataset input; a
-    separate test file (data.test_source) as a second input, in context `test`."""
+    separate test file (data.test_source) as a second input, in context `test`.
+
+    The digest hashes every row (data.content_digest, in place over the memory-mapped
+    arrays, whose pages are released after); MLflow infers the schema from the first
+    DATASET_SAMPLE rows only, so no copy of the whole data set is built (issue 7: it was the
+    peak of a run at MNIST scale).
+    """
+    from pipeline import cache, data
+
     ds = prep.dataset
-    tracker.log_dataset(
-        run_id,
-        frame(prep, ds.X, ds.y),
-        name=ds.name,
-        source=params.data.source,
-        target=ds.target_name,
-    )
+    about = (ds.feature_names, ds.target_name, ds.classes)
+    parts = [(ds.X, ds.y, ds.name, params.data.source, "training")]
     if ds.test is not None:
+        parts.append((ds.test.X, ds.test.y, f"{ds.name}-test", ds.test.source, "test"))
+    for X, y, name, source, context in parts:
         tracker.log_dataset(
             run_id,
-            frame(prep, ds.test.X, ds.test.y),
-            name=f"{ds.name}-test",
-            source=ds.test.source,
+            frame(prep, X[:DATASET_SAMPLE], y[:DATASET_SAMPLE]),
+            rows=len(y),
+            digest=data.content_digest(X, y, about=about),
+            name=name,
+            source=source,
             target=ds.target_name,
-            context="test",
+            context=context,
         )
+        cache.release(X, y)  # read whole once to hash; training reads the scaled splits
+
+
+DATASET_SAMPLE = 1000  # rows of a dataset input that MLflow infers its schema from
 
 
 def log_training(

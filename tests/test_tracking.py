@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from pipeline import tracking
@@ -49,3 +51,43 @@ def test_file_store_uri_is_refused(workdir):
 def test_ui_binds_to_localhost():
     cmd = tracking.ui_command("sqlite:////tmp/x/mlflow.db")
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+
+
+def test_dataset_input_digests_every_row_though_mlflow_sees_a_sample(workdir, monkeypatch):
+    """The run's dataset input describes the whole data (issue 7 hands MLflow only the first
+    DATASET_SAMPLE rows, for the schema): the digest changes when a row past the sample
+    changes and is stable otherwise, the profile counts every row, the schema every column."""
+    import json
+
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from pipeline import config, stages
+
+    monkeypatch.setattr(stages, "DATASET_SAMPLE", 5)
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(60, 4)).round(3), columns=["a", "b", "c", "d"])
+    frame["label"] = np.array(["cat", "dog", "eel"])[np.arange(60) % 3]
+    store = f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
+    tracker = tracking.Tracker(store, "exp")
+
+    def logged(data: pd.DataFrame):  # noqa: ANN202 - an MLflow entity
+        data.to_csv(workdir / "data.csv", index=False)
+        params = config.load(
+            Path(__file__).parent.parent / "params" / "default.yaml",
+            ["data.source=data.csv", f"tracking.uri={store}"],
+        )
+        with tracker.run("train") as run_id:
+            stages.log_dataset(tracker, run_id, params, stages.prepare(params))
+        (entry,) = mlflow.MlflowClient(store).get_run(run_id).inputs.dataset_inputs
+        return entry.dataset
+
+    first, same = logged(frame), logged(frame.copy())
+    edited = frame.copy()
+    edited.loc[50, "c"] += 1.0
+    changed = logged(edited)
+    assert first.name == "data" and first.digest == same.digest != changed.digest
+    assert json.loads(first.profile) == {"num_rows": 60, "num_elements": 60 * 5}
+    schema = json.loads(first.schema)["mlflow_colspec"]
+    assert [c["name"] for c in schema] == ["a", "b", "c", "d", "label"]
