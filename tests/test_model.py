@@ -292,6 +292,22 @@ def test_the_prepared_tf_data_input_trains_exactly_like_the_arrays():
     assert once.history == twice.history
 
 
+def test_the_prepared_input_shuffles_exactly_like_shuffling_the_rows():
+    """TrainInput shuffles row indices and gathers each batch (no copy of the rows): the
+    batches of every epoch are those of a tf.data shuffle of the rows themselves."""
+    import tensorflow as tf
+
+    splits = blobs()
+    inputs = model.TrainInput(splits.X_train, splits.y_train)
+    rows = tf.data.Dataset.from_tensor_slices((inputs.X, inputs.y))
+    rows = rows.shuffle(len(inputs.X), seed=3, reshuffle_each_iteration=True).batch(16)
+    ours = inputs.batches(16, seed=3)
+    for _ in range(2):  # reshuffled the same way each epoch
+        for (X, y), (X_rows, y_rows) in zip(ours, rows, strict=True):
+            np.testing.assert_array_equal(X, X_rows)
+            np.testing.assert_array_equal(y, y_rows)
+
+
 def test_tensorflow_start_up_lines_do_not_reach_the_console():
     import subprocess
     import sys
