@@ -13,7 +13,7 @@ prints, per Keras Tuner tuner (RandomSearch, BayesianOptimization, Hyperband), m
 max of the time ratio to the same best accuracy (tuner time / pipeline time: above 1 means
 the pipeline got there faster) and of the accuracy gap at equal wall time.
 
-    python bench/vs_keras_tuner.py [--trials 12] [--epochs 30] [--seeds 5]
+    python bench/vs_keras_tuner.py [--trials 12] [--epochs 30] [--seeds 5] [--tuners NAME ...]
 """
 
 from __future__ import annotations
@@ -114,9 +114,14 @@ def best_at(points: list[tuple[float, float]], seconds: float) -> float:
     return max((v for t, v in points if t <= seconds + 1e-9), default=0.0)
 
 
-def tuners(hm: Space, trials: int, epochs: int, seed: int, tmp: str) -> dict[str, kt.Tuner]:
+TUNERS = ("RandomSearch", "BayesianOptimization", "Hyperband")
+
+
+def tuners(
+    hm: Space, trials: int, epochs: int, seed: int, tmp: str, names: list[str]
+) -> dict[str, kt.Tuner]:
     common = {"objective": "val_accuracy", "seed": seed, "directory": tmp, "overwrite": True}
-    return {
+    made = {
         "RandomSearch": kt.RandomSearch(hm, max_trials=trials, project_name="rs", **common),
         "BayesianOptimization": kt.BayesianOptimization(
             hm, max_trials=trials, project_name="bo", **common
@@ -125,9 +130,10 @@ def tuners(hm: Space, trials: int, epochs: int, seed: int, tmp: str) -> dict[str
             hm, max_epochs=epochs, factor=3, hyperband_iterations=1, project_name="hb", **common
         ),
     }
+    return {name: made[name] for name in names}
 
 
-def one_seed(repo: Path, seed: int, trials: int, epochs: int) -> dict[str, list]:
+def one_seed(repo: Path, seed: int, trials: int, epochs: int, names: list[str]) -> dict[str, list]:
     """Every tool's (seconds, best-so-far) points for one seed (data split, samplers, inits)."""
     params = config.load(
         repo / "params" / "default.yaml", [f"train.epochs={epochs}"], extra={"seed": seed}
@@ -138,7 +144,7 @@ def one_seed(repo: Path, seed: int, trials: int, epochs: int) -> dict[str, list]
     steps = {b: -(-n // b) for b in params.search.space["train.batch_size"]["choices"]}
     results = {OURS: pipeline_side(params, prep, trials)}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, tuner in tuners(Space(params, steps), trials, epochs, seed, tmp).items():
+        for name, tuner in tuners(Space(params, steps), trials, epochs, seed, tmp, names).items():
             results[name] = tuner_side(tuner, prep, epochs)
     return results
 
@@ -156,12 +162,13 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=12)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (split, samplers, inits)")
+    ap.add_argument("--tuners", nargs="+", choices=TUNERS, default=list(TUNERS))
     a = ap.parse_args()
     repo = Path(__file__).resolve().parent.parent
     speedup: dict[str, list[float]] = {}
     acc_gap: dict[str, list[float]] = {}
     for seed in range(a.seeds):
-        results = one_seed(repo, seed, a.trials, a.epochs)
+        results = one_seed(repo, seed, a.trials, a.epochs, a.tuners)
         ours = results[OURS]
         for name, pts in results.items():
             print(
@@ -176,6 +183,11 @@ def main() -> None:
             speedup.setdefault(name, []).append(time_to(pts, target) / time_to(ours, target))
             equal = min(pts[-1][0], ours[-1][0])  # the wall time both used
             acc_gap.setdefault(name, []).append(best_at(ours, equal) - best_at(pts, equal))
+            print(
+                f"seed {seed}: vs {name}: to val_accuracy {target:.4f} {speedup[name][-1]:.2f}x; "
+                f"at {equal:.0f} s pipeline - tuner {acc_gap[name][-1]:+.4f}",
+                flush=True,
+            )
     print(
         f"\n{a.seeds} seeds, {a.trials} trials of up to {a.epochs} epochs each (min / median / max)"
     )
