@@ -223,19 +223,35 @@ def frame(prep: Prepared, X: np.ndarray, y: np.ndarray | None = None) -> pd.Data
 def fit(
     params: config.Params, prep: Prepared, *, seed: int, on_epoch: EpochHook | None = None
 ) -> TrainResult:
+    """Train on the train split, validating (and early stopping) on the val split."""
+    return _train(
+        params, prep.dataset, prep.scaled, prep.train_input(), prep.target, seed, on_epoch
+    )
+
+
+def _train(
+    params: config.Params,
+    ds: Dataset,
+    splits: Splits,
+    inputs: TrainInput,
+    target: TargetScaler | None,
+    seed: int,
+    on_epoch: EpochHook | None = None,
+) -> TrainResult:
+    """model.train with the params' model and train sections and the data's task: the one
+    call behind `fit` (holdout) and `fit_fold` (one cross-validation fold)."""
     from pipeline import model
 
-    ds = prep.dataset
     return model.train(
-        prep.scaled,
+        splits,
         params.model,
         params.train,
         task=ds.task,
         n_classes=ds.n_classes,
         seed=seed,
         on_epoch=on_epoch,
-        inputs=prep.train_input(),
-        target=prep.target,
+        inputs=inputs,
+        target=target,
     )
 
 
@@ -268,19 +284,8 @@ def fit_fold(params: config.Params, prep: Prepared, i: int, *, seed: int) -> Tra
 
     No per-epoch hook: in cross-validation the pruner judges a trial between folds.
     """
-    from pipeline import model
-
-    ds, fold = prep.dataset, prep.fold(i)
-    return model.train(
-        fold.scaled,
-        params.model,
-        params.train,
-        task=ds.task,
-        n_classes=ds.n_classes,
-        seed=seed,
-        inputs=fold.inputs,
-        target=fold.target,
-    )
+    fold = prep.fold(i)
+    return _train(params, prep.dataset, fold.scaled, fold.inputs, fold.target, seed)
 
 
 def log_fold(

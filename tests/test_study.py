@@ -187,44 +187,55 @@ def drop_database(url: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.mark.slow
-def test_a_val_f1_search_prunes_a_trial_that_learns_nothing(workdir):
-    """val_f1 is reported every epoch, so the median pruner stops a trial whose learning rate
-    is too small to learn, once a learning trial has set the median (real Keras, iris)."""
+def _learner_then_non_learner(workdir: Path, name: str, *overrides: str):
+    """A real Keras study on iris of two queued trials: learning rate 0.05 (learns), then
+    1e-6 (cannot learn), run to the end; returns (tracker, good trial, bad trial)."""
     from pipeline import config, stages
     from pipeline.study import TrackedStudy
     from pipeline.tracking import Tracker
 
-    overrides = [
+    every = [
         "data.source=iris",
-        "name=f1",
+        f"name={name}",
         "model.hidden=[16]",
-        "train.epochs=8",
-        "train.batch_size=8",
-        "train.early_stopping.patience=0",
+        *overrides,
         "search.n_trials=2",
-        "search.metric=val_f1",
         "search.pruner=median",
         "search.n_startup_trials=1",
         "search.space={train.learning_rate: {choices: [0.05, 1.0e-6]}}",
         f"tracking.uri=sqlite:///{workdir / 'mlruns' / 'mlflow.db'}",
     ]
-    params = config.load(Path(__file__).parent.parent / "params" / "default.yaml", overrides)
+    params = config.load(Path(__file__).parent.parent / "params" / "default.yaml", every)
     prep = stages.prepare(params)
-    tracker = Tracker(params.tracking.uri, "f1")
+    tracker = Tracker(params.tracking.uri, name)
     tracked = TrackedStudy.open(
         params,
         prep,
         tracker,
-        name="f1",
+        name=name,
         storage=search.make_storage(str(workdir / "journal.log")),
         storage_display="test",
     )
     for lr in (0.05, 1.0e-6):  # the learning trial first, then the one that cannot learn
         tracked.study._study.enqueue_trial({"train.learning_rate": lr})
-    with tracker.run("study-f1", resume_id=tracked.parent_id):
+    with tracker.run(f"study-{name}", resume_id=tracked.parent_id):
         tracked.run_trials()
     good, bad = tracked.study._trials()
+    return tracker, good, bad
+
+
+@pytest.mark.slow
+def test_a_val_f1_search_prunes_a_trial_that_learns_nothing(workdir):
+    """val_f1 is reported every epoch, so the median pruner stops a trial whose learning rate
+    is too small to learn, once a learning trial has set the median (real Keras, iris)."""
+    tracker, good, bad = _learner_then_non_learner(
+        workdir,
+        "f1",
+        "train.epochs=8",
+        "train.batch_size=8",
+        "train.early_stopping.patience=0",
+        "search.metric=val_f1",
+    )
     assert (good.state.name, bad.state.name) == ("COMPLETE", "PRUNED")
     assert len(good.intermediate_values) == 8 and 4 <= len(bad.intermediate_values) < 8
     run = tracker.client.get_run(bad.user_attrs[search.RUN_ATTR])
@@ -334,38 +345,9 @@ def test_a_cross_validated_trial_is_pruned_between_folds_on_its_running_mean(wor
     """With split.folds the median pruner judges a trial after each fold (step = fold index,
     value = the running mean of its folds' scores), never per epoch: a trial that cannot learn
     stops after its first fold once a learning trial has set the median."""
-    from pipeline import config, stages
-    from pipeline.study import TrackedStudy
-    from pipeline.tracking import Tracker
-
-    overrides = [
-        "data.source=iris",
-        "name=cvprune",
-        "split.folds=3",
-        "model.hidden=[16]",
-        "train.epochs=4",
-        "search.n_trials=2",
-        "search.pruner=median",
-        "search.n_startup_trials=1",
-        "search.space={train.learning_rate: {choices: [0.05, 1.0e-6]}}",
-        f"tracking.uri=sqlite:///{workdir / 'mlruns' / 'mlflow.db'}",
-    ]
-    params = config.load(Path(__file__).parent.parent / "params" / "default.yaml", overrides)
-    prep = stages.prepare(params)
-    tracker = Tracker(params.tracking.uri, "cvprune")
-    tracked = TrackedStudy.open(
-        params,
-        prep,
-        tracker,
-        name="cvprune",
-        storage=search.make_storage(str(workdir / "journal.log")),
-        storage_display="test",
+    tracker, good, bad = _learner_then_non_learner(
+        workdir, "cvprune", "split.folds=3", "train.epochs=4"
     )
-    for lr in (0.05, 1.0e-6):  # the learning trial first, then the one that cannot learn
-        tracked.study._study.enqueue_trial({"train.learning_rate": lr})
-    with tracker.run("study-cvprune", resume_id=tracked.parent_id):
-        tracked.run_trials()
-    good, bad = tracked.study._trials()
     assert (good.state.name, bad.state.name) == ("COMPLETE", "PRUNED")
     done = tracker.client.get_run(good.user_attrs[search.RUN_ATTR]).data.metrics
     folds = [done[f"fold{i}_val_accuracy"] for i in range(3)]
