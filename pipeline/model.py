@@ -29,6 +29,24 @@ EpochHook = Callable[[int, dict[str, float]], bool]
 _MAX_STEPS_PER_EXECUTION = 64
 
 
+def _executions(steps: int) -> tuple[int, bool]:
+    """Steps per graph call for an epoch of `steps` steps, and whether the prepared input can
+    be one endless (repeated) dataset read by a single iterator for the whole fit.
+
+    Keras's TensorFlow trainer makes a new iterator over a finite dataset every epoch (two, in
+    fact: ~10 ms each, more than a small epoch's arithmetic). Over a repeated dataset it keeps
+    one, but a graph call always runs its full count of steps, so epochs stay epochs only when
+    that count divides the epoch: the largest divisor up to the cap. When the only such divisors
+    are small (e.g. a prime step count above the cap), the per-call cost would outweigh the
+    iterator's, and the finite dataset is kept.
+    """
+    cap = min(steps, _MAX_STEPS_PER_EXECUTION)
+    divisor = max(k for k in range(1, cap + 1) if steps % k == 0)
+    if divisor * 4 >= cap:
+        return divisor, True
+    return cap, False
+
+
 @dataclass
 class TrainResult:
     """A trained model and what happened while training it."""
@@ -66,8 +84,12 @@ class TrainInput:
         """The rows at `index` (one batch), in that order."""
         return self.X[index], self.y[index]
 
-    def batches(self, batch_size: int, seed: int, *, shuffle: bool = True) -> Any:
-        """A shuffled (seeded, reshuffled each epoch), batched, prefetched tf.data dataset."""
+    def batches(
+        self, batch_size: int, seed: int, *, shuffle: bool = True, repeat: bool = False
+    ) -> Any:
+        """A shuffled (seeded, reshuffled each epoch), batched, prefetched tf.data dataset;
+        with `repeat`, endless: epoch after epoch, each its own shuffle (fit then needs
+        steps_per_epoch)."""
         import tensorflow as tf
 
         types = (tf.float32, tf.as_dtype(self.y.dtype))
@@ -80,7 +102,10 @@ class TrainInput:
         ds = tf.data.Dataset.range(len(self.X))
         if shuffle:
             ds = ds.shuffle(len(self.X), seed=seed, reshuffle_each_iteration=True)
-        return ds.batch(batch_size).map(take).prefetch(tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size)
+        if repeat:
+            ds = ds.repeat()
+        return ds.map(take).prefetch(tf.data.AUTOTUNE)
 
 
 def configure_threads(n: int) -> None:
@@ -373,6 +398,10 @@ def train(
     model = build(splits.X_train.shape[1], task, n_classes, model_params)
     steps = max(1, math.ceil(len(splits.X_train) / train_params.batch_size))
     _, _, loss = output_spec(task, n_classes, model_params)
+    prepared = inputs is not None and keras.backend.backend() == "tensorflow"
+    per_call, endless = (
+        _executions(steps) if prepared else (min(steps, _MAX_STEPS_PER_EXECUTION), False)
+    )
     metrics: list[Any] = (
         [keras.metrics.RootMeanSquaredError(name="rmse"), "mae"]
         if task == "regression"
@@ -383,7 +412,7 @@ def train(
         loss=loss,
         metrics=metrics,
         # Run several steps per graph call: small MLPs are bound by per-step overhead.
-        steps_per_execution=min(steps, _MAX_STEPS_PER_EXECUTION),
+        steps_per_execution=per_call,
     )
     recorder = _make_callback(on_epoch, splits.X_val, splits.y_val, task, n_classes, target)
     callbacks: list[Any] = [recorder]
@@ -394,11 +423,9 @@ def train(
             monitor=es.monitor, patience=es.patience, restore_best_weights=es.restore_best_weights
         )
         callbacks.append(early)
-    if inputs is not None and keras.backend.backend() == "tensorflow":
-        data = {
-            "x": inputs.batches(train_params.batch_size, seed, shuffle=shuffle),
-            "shuffle": False,
-        }
+    if prepared:
+        batches = inputs.batches(train_params.batch_size, seed, shuffle=shuffle, repeat=endless)
+        data = {"x": batches, "shuffle": False, "steps_per_epoch": steps if endless else None}
     else:
         y_fit = splits.y_train if target is None else target.transform(splits.y_train)
         data = {"x": splits.X_train, "y": y_fit, "batch_size": train_params.batch_size}

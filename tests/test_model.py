@@ -292,6 +292,30 @@ def test_the_prepared_tf_data_input_trains_exactly_like_the_arrays():
     assert once.history == twice.history
 
 
+@pytest.mark.parametrize(
+    ("rows", "batch", "calls"),
+    [
+        (80, 16, (5, True)),  # 5 steps: one graph call per epoch, one endless input
+        (96, 1, (48, True)),  # 96 steps: calls of 48 (a divisor), still one endless input
+        (67, 1, (64, False)),  # 67 steps, a prime: a finite input, a new iterator each epoch
+    ],
+)
+def test_the_prepared_input_keeps_epochs_whatever_the_steps_per_call(rows, batch, calls):
+    """The prepared input is read by one iterator for the whole fit when a graph call's step
+    count divides the epoch; epochs, weights and curves stay exactly those of the arrays."""
+    assert model._executions(-(-rows // batch)) == calls
+    full = blobs(n=rows + 40)
+    X = np.concatenate([full.X_train, full.X_val, full.X_test])
+    y = np.concatenate([full.y_train, full.y_val, full.y_test])
+    splits = Splits(X[:rows], y[:rows], X[rows : rows + 20], y[rows : rows + 20], X[-20:], y[-20:])
+    train = TrainParams(epochs=3, batch_size=batch)
+    arrays = fit(splits, train, shuffle=False)
+    prepared = fit(splits, train, shuffle=False, inputs=model.TrainInput(X[:rows], y[:rows]))
+    assert prepared.history == arrays.history
+    for a, b in zip(arrays.model.get_weights(), prepared.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_the_prepared_input_shuffles_exactly_like_shuffling_the_rows():
     """TrainInput shuffles row indices and gathers each batch (no copy of the rows): the
     batches of every epoch are those of a tf.data shuffle of the rows themselves."""
