@@ -59,7 +59,7 @@ def _quiet_frameworks(verbose: bool) -> None:
         format="%(asctime)s %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("mlflow", "alembic", "optuna", "absl", "urllib3"):
+    for noisy in ("mlflow", "alembic", "optuna", "absl", "urllib3", "jax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notices between trials
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
