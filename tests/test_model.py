@@ -332,6 +332,19 @@ def test_the_prepared_input_shuffles_exactly_like_shuffling_the_rows():
             np.testing.assert_array_equal(y, y_rows)
 
 
+def test_release_frees_each_trained_model_though_it_freezes_the_start_up_heap():
+    """release() freezes what survives its first collection (the frameworks) so later
+    collections are cheap; a trial's model must never be among the frozen."""
+    import weakref
+
+    for _ in range(2):
+        result = fit(blobs())
+        ref = weakref.ref(result.model)
+        del result
+        model.release()
+        assert ref() is None
+
+
 def test_tensorflow_start_up_lines_do_not_reach_the_console():
     import subprocess
     import sys
