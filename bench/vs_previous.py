@@ -4,6 +4,10 @@ working directory with its own stores, so machine drift hits both alike. Prints 
 (min / median / max per side), the ratio of medians, and each run's champion test accuracy.
 
     python bench/vs_previous.py [--commit 3e8c8e0] [--rounds 2] [--set KEY=VALUE ...]
+                                [--this-arg=--workers --this-arg=auto]
+
+`--set` goes to both sides; `--this-arg` (repeatable) only to this code's command line, e.g.
+`--this-arg=--workers --this-arg=auto` for this code with one worker per core.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ def main() -> None:
     ap.add_argument("--commit", default="3e8c8e0")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--this-arg", dest="this_args", action="append", default=[])
     a = ap.parse_args()
     extra = [x for o in a.overrides for x in ("--set", o)]
     with tempfile.TemporaryDirectory() as old:
@@ -59,7 +64,7 @@ def main() -> None:
         for i in range(a.rounds):
             for side in ("previous", "this") if i % 2 == 0 else ("this", "previous"):
                 root = Path(old) if side == "previous" else None
-                sides[side].append(run_side(root, extra))
+                sides[side].append(run_side(root, extra if root else extra + a.this_args))
                 wall, acc = sides[side][-1]
                 print(f"round {i + 1} {side:<8}: {wall:6.1f} s, champion test_accuracy {acc}")
     med = {}
@@ -67,7 +72,8 @@ def main() -> None:
         walls = [w for w, _ in runs]
         med[side] = statistics.median(walls)
         print(
-            f"{side:<8} ({a.commit if side == 'previous' else 'HEAD'}): wall min {min(walls):.1f}"
+            f"{side:<8} ({a.commit if side == 'previous' else 'HEAD ' + ' '.join(a.this_args)}):"
+            f" wall min {min(walls):.1f}"
             f" / median {med[side]:.1f} / max {max(walls):.1f} s over {len(walls)} runs"
         )
     print(f"speed-up (median previous / median this): {med['previous'] / med['this']:.2f}x")
