@@ -8,7 +8,6 @@ command, a tracked study and the benches all train and log a model in exactly th
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +21,7 @@ if TYPE_CHECKING:
 
     from pipeline.data import Dataset, Folds, Scaler, Splits, TargetScaler
     from pipeline.model import EpochHook, TrainInput, TrainResult
-    from pipeline.tracking import Tracker
+    from pipeline.tracking import LiveMetrics, Tracker
 
 # What `search.metric` may name, per task (every one of them is computed after each epoch).
 METRICS = {
@@ -265,9 +264,10 @@ def train_logged(
     on_epoch: EpochHook | None = None,
 ) -> tuple[TrainResult, dict[str, float]]:
     """Fit into an open run, its per-epoch metrics reaching the run while it trains (live
-    curves; see Tracker.live_metrics), then `log_training`; returns the result and its final
-    validation metrics. Every epoch is in the store when this returns, so a caller may write
-    the run's result next. `on_epoch` (pruning) sees each epoch after it has been logged."""
+    curves; see Tracker.live_metrics), then record it as `log_training` does, in the same
+    batch as the last epochs; returns the result and its final validation metrics. Every
+    epoch is in the store when this returns, so a caller may write the run's result next.
+    `on_epoch` (pruning) sees each epoch after it has been buffered."""
 
     with tracker.live_metrics(run_id) as live:
 
@@ -276,7 +276,7 @@ def train_logged(
             return on_epoch is not None and on_epoch(epoch, logs)
 
         result = fit(params, prep, seed=seed, on_epoch=hook)
-    return result, log_training(tracker, run_id, result, prep, logged=live.logged)
+        return result, _record_training(live, result, prep)
 
 
 def fit_fold(params: config.Params, prep: Prepared, i: int, *, seed: int) -> TrainResult:
@@ -410,31 +410,31 @@ DATASET_SAMPLE = 1000  # rows of a dataset input that MLflow infers its schema f
 
 
 def log_training(
-    tracker: Tracker,
-    run_id: str,
-    result: TrainResult,
-    prep: Prepared,
-    *,
-    logged: Collection[tuple[str, int]] = (),
+    tracker: Tracker, run_id: str, result: TrainResult, prep: Prepared
 ) -> dict[str, float]:
     """Per-epoch curves, epochs run, seconds, parameter count (`n_params`) and final validation
-    metrics of one training; returns the latter two.
+    metrics of one training, in one write; returns the latter two (see _record_training)."""
+    with tracker.live_metrics(run_id) as metrics:
+        return _record_training(metrics, result, prep)
 
-    The curves' (key, epoch) pairs in `logged` are already in the run (logged live) and are
-    not written twice. The final validation metrics (of the model as it ends, e.g. with the
-    best epoch's weights restored) are logged at step = epochs run, after the last epoch, so
-    they are each metric's latest value: what the MLflow UI shows and sorts by equals the
-    trial's objective.
+
+def _record_training(metrics: LiveMetrics, result: TrainResult, prep: Prepared) -> dict[str, float]:
+    """Buffer what `log_training` logs into `metrics` (written when its block ends, in one
+    batch); the (key, epoch) pairs it already holds (logged live) are not written twice.
+
+    The final validation metrics (of the model as it ends, e.g. with the best epoch's weights
+    restored) are logged at step = epochs run, after the last epoch, so they are each metric's
+    latest value: what the MLflow UI shows and sorts by equals the trial's objective.
     """
     from pipeline import model
 
-    tracker.log_history(run_id, result.history, skip=logged)
+    for key, values in result.history.items():
+        for step, value in enumerate(values):
+            metrics.add(step, {key: value})
     final = score(result, prep, "val")
-    tracker.log_metrics(run_id, final, step=result.epochs_run)
+    metrics.add(result.epochs_run, final)
     size = {SIZE_OBJECTIVE: float(model.count_params(result.model))}
-    tracker.log_metrics(
-        run_id, {"epochs_run": result.epochs_run, "train_seconds": result.seconds, **size}
-    )
+    metrics.add(0, {"epochs_run": result.epochs_run, "train_seconds": result.seconds, **size})
     return {**final, **size}
 
 

@@ -299,7 +299,7 @@ def test_a_trials_curves_reach_the_store_while_it_trains_and_end_complete(workdi
     params = config.load(Path(__file__).parent.parent / "params" / "default.yaml", overrides)
     prep = stages.prepare(params)
     tracker = Tracker(params.tracking.uri, "live")
-    tracker.live_seconds = 0  # send every epoch (asynchronously) as soon as it ends
+    tracker.live_seconds = 0  # write every epoch as soon as it ends
     seen_live: list[list[int]] = []
 
     def steps(run_id: str, key: str) -> list[int]:
