@@ -91,3 +91,34 @@ def test_dataset_input_digests_every_row_though_mlflow_sees_a_sample(workdir, mo
     assert json.loads(first.profile) == {"num_rows": 60, "num_elements": 60 * 5}
     schema = json.loads(first.schema)["mlflow_colspec"]
     assert [c["name"] for c in schema] == ["a", "b", "c", "d", "label"]
+
+
+def test_live_metrics_are_written_on_the_training_thread_and_back_off_on_a_slow_store(
+    monkeypatch,
+):
+    """Per-epoch writes are synchronous (MLflow 3.17 makes the end of a run that logged
+    asynchronously wait up to 1 s: issue 7), at most every `every` seconds and never sooner
+    than WRITE_SHARE_FACTOR times the last write took; every epoch is written exactly once."""
+    import time
+    from types import SimpleNamespace
+
+    clock = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    writes: list[tuple[float, int, dict]] = []
+
+    class SlowStore:
+        def log_batch(self, run_id: str, metrics=(), **options) -> None:  # noqa: ANN001
+            writes.append((clock[0], len(metrics), options))
+            clock[0] += 0.05  # 50 ms per write: the next one waits 100 x 0.05 = 5 s
+
+    live = tracking.LiveMetrics(SimpleNamespace(client=SlowStore()), "run", every=2.0)
+    for epoch in range(300):
+        live.log(epoch, {"loss": 1.0, "val_loss": 2.0})
+        clock[0] += 0.1  # a 100 ms epoch
+    live.flush()
+    assert all(options == {} for _, _, options in writes), "a write was asynchronous"
+    assert sum(n for _, n, _ in writes) == 600, "an epoch was lost or written twice"
+    starts = [t for t, _, _ in writes[:-1]]  # the last one is the final flush
+    assert starts[0] >= 2.0 and len(starts) >= 3
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert min(gaps) >= 100 * 0.05, gaps
