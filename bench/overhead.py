@@ -29,8 +29,10 @@ def main() -> None:
     )
     prep = stages.prepare(params)
     params = stages.resolve_metric(params, prep)
-    model.release()
-    stages.fit(params, prep, seed=params.seed)  # warm-up: TensorFlow start, first tracing
+    # Warm-up: TensorFlow's start and first tracing, and one tracked trial so MLflow and
+    # Optuna are loaded before model.release() freezes the start-up heap (as in a CLI worker,
+    # whose first trial comes after the tracker): both sides then collect the same heap.
+    tracked_search(params, prep, 1, name="warm-up")
 
     def bare(side: str) -> search.SearchStudy:
         """The same trials through the same Optuna layer, with no MLflow at all."""
