@@ -554,10 +554,41 @@ def release() -> None:
     cycles). The first call also moves everything that survives it (TensorFlow, Keras, MLflow
     and Optuna as imported, the prepared data) out of the collector's sight for good
     (`gc.freeze`): every later collection, the per-trial one here and Python's own, then walks
-    only what trials made (~0.05 s instead of ~0.45 s per trial on the default preset).
+    only what trials made (~0.05 s instead of ~0.45 s per trial on the default preset). Before
+    it, TensorFlow's registry of traced custom gradients is emptied, or it would keep every
+    trial's train step alive (and the first trial's would be frozen).
+
+    Call it between trainings, never while another thread builds or trains a model: like
+    Keras's `clear_session`, it resets process-wide state.
     """
     import keras
 
-    keras.backend.clear_session()
+    if keras.backend.backend() == "tensorflow":
+        _forget_traced_custom_gradients()
+    keras.backend.clear_session()  # collects garbage last, so the freed graphs go now
     if gc.get_freeze_count() == 0:
         gc.freeze()
+
+
+def _forget_traced_custom_gradients() -> None:
+    """Drop the gradient functions TensorFlow registered while tracing `tf.custom_gradient`s.
+
+    Keras's TensorFlow optimizer sums the gradients through the distribution strategy's
+    `all_reduce`, a `tf.custom_gradient`. Traced into a train step (graph mode), each one
+    registers its gradient function under a new name (`CustomGradient-<uid>`) in TensorFlow's
+    process-wide gradient registry, which nothing ever empties (tensorflow#97697). The
+    function's closure holds tensors of the traced step, so the whole step graph stayed alive
+    with its traced functions and their runtime copies: 2 graphs, +8.6 MiB RSS per trial.
+
+    A registered gradient is looked up only while a graph's gradients are being built (during
+    tracing), never when a traced function runs; between trainings no graph is being built,
+    so none of them is needed again (a retrace registers anew). A TensorFlow that no longer
+    keeps its registry there is left alone.
+    """
+    from tensorflow.python.framework import ops
+
+    registry = getattr(getattr(ops, "_gradient_registry", None), "_registry", None)
+    if not isinstance(registry, dict):
+        return
+    for name in [n for n in registry if str(n).startswith("CustomGradient-")]:
+        del registry[name]
