@@ -35,8 +35,8 @@ def _executions(steps: int) -> tuple[int, bool]:
     be one endless (repeated) dataset read by a single iterator for the whole fit.
 
     Keras's TensorFlow trainer makes a new iterator over a finite dataset every epoch (two, in
-    fact: ~10 ms each, more than a small epoch's arithmetic). Over a repeated dataset it keeps
-    one, but a graph call always runs its full count of steps, so epochs stay epochs only when
+    fact: milliseconds each, more than a small epoch's arithmetic). Over a repeated dataset it
+    keeps one, but a graph call always runs its full count of steps, so epochs stay epochs only when
     that count divides the epoch: the largest divisor up to the cap. When the only such divisors
     are small (e.g. a prime step count above the cap), the per-call cost would outweigh the
     iterator's, and the finite dataset is kept.
