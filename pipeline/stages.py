@@ -307,15 +307,11 @@ def log_fold(
     )
     final = {f"val_{k}": v for k, v in scores.items()}
     tag = f"fold{i}_"
-    tracker.log_history(run_id, {tag + k: v for k, v in result.history.items()})
-    tracker.log_metrics(run_id, {tag + k: v for k, v in final.items()}, step=result.epochs_run)
-    tracker.log_metrics(
-        run_id,
-        {
-            f"{tag}epochs_run": result.epochs_run,
-            f"{tag}best_epoch": result.extra.get("best_epoch", result.epochs_run),
-        },
-    )
+    with tracker.live_metrics(run_id) as metrics:  # one write
+        metrics.add_history({tag + k: v for k, v in result.history.items()})
+        metrics.add(result.epochs_run, {tag + k: v for k, v in final.items()})
+        best_epoch = result.extra.get("best_epoch", result.epochs_run)
+        metrics.add(0, {f"{tag}epochs_run": result.epochs_run, f"{tag}best_epoch": best_epoch})
     return {**final, SIZE_OBJECTIVE: float(model.count_params(result.model))}
 
 
@@ -376,6 +372,9 @@ def score(result: TrainResult, prep: Prepared, split: str) -> dict[str, float]:
     return {f"{split}_{k}": v for k, v in metrics.items()}
 
 
+DATASET_SAMPLE = 1000  # rows of a dataset input that MLflow infers its schema from
+
+
 def log_dataset(tracker: Tracker, run_id: str, params: config.Params, prep: Prepared) -> None:
     """The whole data set (raw features and labels) as the run's MLflow dataset input; a
     separate test file (data.test_source) as a second input, in context `test`.
@@ -406,9 +405,6 @@ def log_dataset(tracker: Tracker, run_id: str, params: config.Params, prep: Prep
         cache.release(X, y)  # read whole once to hash; training reads the scaled splits
 
 
-DATASET_SAMPLE = 1000  # rows of a dataset input that MLflow infers its schema from
-
-
 def log_training(
     tracker: Tracker, run_id: str, result: TrainResult, prep: Prepared
 ) -> dict[str, float]:
@@ -428,9 +424,7 @@ def _record_training(metrics: LiveMetrics, result: TrainResult, prep: Prepared) 
     """
     from pipeline import model
 
-    for key, values in result.history.items():
-        for step, value in enumerate(values):
-            metrics.add(step, {key: value})
+    metrics.add_history(result.history)
     final = score(result, prep, "val")
     metrics.add(result.epochs_run, final)
     size = {SIZE_OBJECTIVE: float(model.count_params(result.model))}

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -497,26 +497,11 @@ class Tracker:
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         self.client.log_batch(run_id, metrics=batch)
 
-    def log_history(
-        self,
-        run_id: str,
-        history: Mapping[str, list[float]],
-        *,
-        skip: Collection[tuple[str, int]] = (),
-    ) -> None:
-        """Per-epoch curves (loss, val_loss, accuracy, ..., lr) as metrics with step = epoch;
-        the (key, step) pairs in `skip` are left out (already logged live, see LiveMetrics)."""
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [
-            Metric(key, float(v), now, step)
-            for key, values in history.items()
-            for step, v in enumerate(values)
-            if (key, step) not in skip
-        ]
-        for i in range(0, len(batch), 1000):
-            self.client.log_batch(run_id, metrics=batch[i : i + 1000])
+    def log_history(self, run_id: str, history: Mapping[str, list[float]]) -> None:
+        """Per-epoch curves (loss, val_loss, accuracy, ..., lr) as metrics with step = epoch,
+        in one write."""
+        with self.live_metrics(run_id) as metrics:
+            metrics.add_history(history)
 
     @contextmanager
     def live_metrics(self, run_id: str) -> Iterator[LiveMetrics]:
@@ -682,6 +667,12 @@ class LiveMetrics:
             if (key, step) not in self.logged:
                 self.logged.add((key, step))
                 self._pending.append(Metric(key, float(value), now, step))
+
+    def add_history(self, history: Mapping[str, list[float]]) -> None:
+        """Buffer per-epoch curves, each value at step = its epoch (index)."""
+        for key, values in history.items():
+            for step, value in enumerate(values):
+                self.add(step, {key: value})
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         """Buffer one epoch's metrics at `step`; write the buffer if it is time to."""
