@@ -292,6 +292,33 @@ def test_the_prepared_tf_data_input_trains_exactly_like_the_arrays():
     assert once.history == twice.history
 
 
+def test_the_train_steps_variables_exist_before_fit_so_it_is_traced_once(monkeypatch):
+    """Keras's TensorFlow trainer otherwise creates the optimizer's and metrics' variables
+    while tracing the train step, and a tf.function that creates variables is traced twice."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the JAX trainer builds this state in fit itself")
+
+    def state(m):
+        """Every variable the trained model holds: weights, optimizer slots, metric totals."""
+        return [v.path for v in (*m.variables, *m.optimizer.variables, *m.metrics_variables)]
+
+    before = []
+    real_fit = keras.Model.fit
+
+    def fit_spy(self, *args, **kwargs):
+        before.extend(state(self))
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", fit_spy)
+    splits = blobs()
+    result = fit(splits, inputs=model.TrainInput(splits.X_train, splits.y_train))
+    after = state(result.model)
+    assert len(after) > len(result.model.variables)  # optimizer slots and metric totals too
+    assert before == after
+
+
 @pytest.mark.parametrize(
     ("rows", "batch", "calls"),
     [
