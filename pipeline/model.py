@@ -109,11 +109,22 @@ class TrainInput:
         return ds.map(take).prefetch(tf.data.AUTOTUNE)
 
 
-def configure_threads(n: int) -> None:
-    """Limit the backend to `n` threads; must run before it starts any work."""
+def configure_threads(workers: int) -> None:
+    """Size the backend's thread pools for one of `workers` training processes on this
+    machine; must run before the backend starts any work.
+
+    Several workers: one thread each, on both backends (K single-threaded processes beat one
+    K-threaded process: `python bench/search_modes.py`). One worker on TensorFlow: compute
+    threads are the cores but one, since the spare core runs tf.data's own input threads,
+    tracking writes and the heartbeat, which otherwise queue behind TensorFlow's compute pool
+    (on 2 cores, 1 compute thread beat TensorFlow's default of 2 on every MLP tried:
+    `python bench/threads.py`). One worker on JAX keeps XLA's default, which was faster there.
+    """
+    cores = len(os.sched_getaffinity(0))
+    n = 1 if workers > 1 else max(1, cores - 1)
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(n))
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
-    if n == 1:  # JAX/XLA on the CPU: one thread per process
+    if workers > 1:  # JAX/XLA on the CPU: one thread per process
         os.environ.setdefault(
             "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
         )
@@ -123,7 +134,8 @@ def configure_threads(n: int) -> None:
     import tensorflow as tf
 
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(n)
+        threads = int(os.environ["TF_NUM_INTRAOP_THREADS"])
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:  # TensorFlow already initialised: the env vars above still apply
         pass

@@ -198,12 +198,12 @@ def resolve_metric(params: config.Params, prep: Prepared) -> config.Params:
     )
 
 
-def start_keras(*, threads: int | None = None) -> None:
-    """Import Keras now (and pin its threads) so no trial pays TensorFlow's start-up."""
+def start_keras(*, workers: int = 1) -> None:
+    """Import Keras now, its threads sized for one of `workers` processes on this machine, so
+    no trial pays TensorFlow's start-up."""
     from pipeline import model
 
-    if threads is not None:
-        model.configure_threads(threads)
+    model.configure_threads(workers)
     model.warm_up()
 
 

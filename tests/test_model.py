@@ -406,7 +406,7 @@ def test_tensorflow_start_up_lines_do_not_reach_the_console():
 
     code = (
         "from pipeline import model\n"
-        "model.configure_threads(1)\n"
+        "model.configure_threads(2)\n"
         "model.warm_up()\n"
         "import tensorflow as tf\n"
         "print(float(tf.reduce_sum(tf.ones(3))))\n"
@@ -414,3 +414,31 @@ def test_tensorflow_start_up_lines_do_not_reach_the_console():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "3.0"
     assert out.stderr == "", out.stderr[:2000]
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_threads_are_sized_for_the_worker_count(workers):
+    """One worker leaves a core to tf.data, tracking and the heartbeat; several workers get a
+    thread each (and pass the setting on to their children through the environment)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os\n"
+        "from pipeline import model\n"
+        f"model.configure_threads({workers})\n"
+        "import tensorflow as tf\n"
+        "print(tf.config.threading.get_intra_op_parallelism_threads(),"
+        " os.environ['TF_NUM_INTRAOP_THREADS'], 'XLA_FLAGS' in os.environ)\n"
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "XLA_FLAGS")
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    expected = 1 if workers > 1 else max(1, len(os.sched_getaffinity(0)) - 1)
+    assert out.stdout.split() == [str(expected), str(expected), str(workers > 1)]

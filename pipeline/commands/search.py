@@ -70,8 +70,8 @@ def main(args: argparse.Namespace) -> int:
         raise PipelineError(f"--workers {args.workers}: give 1 or more worker processes.")
     prep = stages.prepare(params)
     params = stages.resolve_metric(params, prep)  # `auto` made concrete; a wrong one refused
-    # K single-threaded workers beat one K-threaded process on a small machine.
-    stages.start_keras(threads=1 if args.workers > 1 or args.spawned else None)
+    # A --workers child is sized by its parent: the thread settings reach it in its environment.
+    stages.start_keras(workers=args.workers)
     tracker = make_tracker(params)
     name = args.study or stages.experiment_name(params)
     storage_url = args.storage or search.default_storage()
@@ -160,14 +160,14 @@ def _run_with_workers(
 def _spawn_workers(
     argv: list[str], k: int, max_trials: int | None
 ) -> list[subprocess.Popen[bytes]]:
-    """K more starters of this very command (same argv) with one thread each, each running at
-    most `max_trials` trials before it exits."""
+    """K more starters of this very command (same argv), each running at most `max_trials`
+    trials before it exits; they inherit this process's backend thread settings (set in its
+    environment by model.configure_threads for the whole --workers count)."""
     argv = [a for a in argv if a != "--new"] + ["--workers", "1", "--spawned"]
     if max_trials:
         argv += ["--max-trials", str(max_trials)]
-    env = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
     cmd = [sys.executable, "-m", "pipeline.run", *argv]
-    return [subprocess.Popen(cmd, env=env) for _ in range(k)]
+    return [subprocess.Popen(cmd) for _ in range(k)]
 
 
 def _stop(workers: list[subprocess.Popen[bytes]]) -> None:
