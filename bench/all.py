@@ -89,6 +89,18 @@ BENCHES = (
         needs="keras_tuner",
     ),
     Bench(
+        "threads",
+        "threads.py",
+        (),
+        ("--rounds", "1", "--trials", "1"),
+        (
+            (
+                "one worker, 1 TensorFlow compute thread vs all cores: digits trials (x)",
+                rf"threads=1: digits min/median/max [^(]*\({_NUM}x vs",
+            ),
+        ),
+    ),
+    Bench(
         "memory",
         "memory.py",
         (),
