@@ -472,9 +472,9 @@ def _build_state(model: Any, X: np.ndarray, y: np.ndarray) -> None:
     Without a distribution strategy, Keras's TensorFlow trainer defers this to the first trace
     of the train step (`_maybe_symbolic_build` returns early); a tf.function that creates
     variables while tracing is traced again to run without creating them, so each trial paid
-    two traces of the step (~0.25 s each on the digits MLP, more than its 30 epochs of
-    arithmetic's share). This is the build Keras itself runs first when a strategy is set, and
-    the JAX trainer always runs; it creates zeros, so the training is unchanged.
+    two traces of the step (~0.25 s each on the digits MLP, a quarter of a 30-epoch trial).
+    This is the build Keras itself runs first when a strategy is set, and the JAX trainer
+    always runs; it creates zeros, so the training is unchanged.
     """
     model._symbolic_build(data_batch=(X.astype(np.float32), y, None))
 
