@@ -123,6 +123,9 @@ def configure_threads(workers: int) -> None:
     """
     cores = len(os.sched_getaffinity(0))
     n = 1 if workers > 1 else max(1, cores - 1)
+    # A setting already in the environment (the user's, or a --workers parent's) is
+    # TensorFlow's own to read at start-up; only a count decided here is also set below.
+    decided_here = "TF_NUM_INTRAOP_THREADS" not in os.environ
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(n))
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
     if workers > 1:  # JAX/XLA on the CPU: one thread per process
@@ -130,13 +133,12 @@ def configure_threads(workers: int) -> None:
             "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
         )
     _quiet_tensorflow()
-    if backend() != "tensorflow":
+    if backend() != "tensorflow" or not decided_here:
         return
     import tensorflow as tf
 
     try:
-        threads = int(os.environ["TF_NUM_INTRAOP_THREADS"])
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_intra_op_parallelism_threads(n)
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:  # TensorFlow already initialised: the env vars above still apply
         pass
