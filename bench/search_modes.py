@@ -60,7 +60,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30)
     a = ap.parse_args()
     rows = [
-        case("1 worker, no pruner", a.trials, a.epochs, "--set", "search.pruner=none"),
+        case(
+            "1 worker, no pruner",
+            a.trials,
+            a.epochs,
+            "--set",
+            "search.pruner=none",
+            "--workers",
+            "1",
+        ),
         case(
             "2 workers, no pruner",
             a.trials,
@@ -70,7 +78,7 @@ def main() -> None:
             "--workers",
             "2",
         ),
-        case("1 worker, median pruner", a.trials, a.epochs),
+        case("1 worker, median pruner", a.trials, a.epochs, "--workers", "1"),
     ]
     for r in rows:
         print(

@@ -1,54 +1,130 @@
 """pipeline vs Keras Tuner on the same space, data and trial budget (digits, default space:
 activation, initializer, dropout, batch size, lr-decay kind and rate; same net and epochs).
 
-Both run in this process after a shared warm-up. For each tool it records, after every
-trial, the wall time and the best validation accuracy so far, both sides scored by one rule:
-the val_accuracy of the model a trial ends with (early stopping's restored epoch; Keras
-Tuner's own objective, the highest val_accuracy of any epoch, is printed beside it); it prints
-each tool's total time, best accuracy, and the time each needed to first reach the *same*
-accuracy (the lower of the two bests), with the ratio. The pipeline side is the real search:
-MLflow tracking of every trial, median pruning and TPE, as `python -m pipeline.run` runs it.
+What is measured, per seed:
+
+- pipeline: the real command line as users run it, in a subprocess in a fresh temporary
+  directory (its default stores: the Optuna journal and MLflow database under mlruns/):
+  `python -m pipeline.run search -p params/default.yaml --seed S --trials T --set
+  train.epochs=E --workers W` (W = this script's --workers, default `auto`: the CLI's own
+  choice, one single-threaded worker process per core as far as free memory allows). The
+  child's environment is this one without PIPELINE_WORKERS, TF_NUM_INTRAOP_THREADS,
+  TF_NUM_INTEROP_THREADS and XLA_FLAGS, so the CLI sizes its own threads. Afterwards the
+  Optuna study is read back from its journal: the clock starts at the first trial's start
+  (process start-up, data loading, TensorFlow import and the champion step at the end are
+  excluded; a --workers child's start-up overlaps the first trials and is not), and each
+  finished (complete or pruned) trial, in order of its end, gives a point (seconds, best
+  val_accuracy so far). The CLI's whole wall time (process start to exit) and the number of
+  worker processes that ran trials are printed beside it. The pipeline side is the full
+  search: MLflow tracking of every trial, median pruning and TPE.
+- Keras Tuner (RandomSearch, BayesianOptimization, Hyperband): in this process, after a
+  warm-up fit, with TensorFlow's default threads (this script sizes no threads: as shipped);
+  the clock starts when `tuner.search` is called, and each trial's end gives a point.
+
+Both sides are scored by one rule: the val_accuracy of the model a trial ends with (early
+stopping's restored epoch; Keras Tuner's own objective, the highest val_accuracy of any epoch,
+is printed beside it). It prints each tool's total time, best accuracy, and the time each
+needed to first reach the *same* accuracy (the lower of the two bests), with the ratio.
 Needs Keras Tuner: `pip install -e ".[bench]"`.
 
-Over several seeds (each seed changes the split, the samplers and the initial weights) it
-prints, per Keras Tuner tuner (RandomSearch, BayesianOptimization, Hyperband), min / median /
-max of the time ratio to the same best accuracy (tuner time / pipeline time: above 1 means
-the pipeline got there faster) and of the accuracy gap at equal wall time.
+Over several seeds (each seed changes the split, the samplers and the initial weights; the CLI
+gets the same seed through --seed) it prints, per Keras Tuner tuner, min / median / max of the
+time ratio to the same best accuracy (tuner time / pipeline time: above 1 means the pipeline
+got there faster) and of the accuracy gap at equal wall time.
 
-    python bench/vs_keras_tuner.py [--trials 12] [--epochs 30] [--seeds 5] [--tuners NAME ...]
+    python bench/vs_keras_tuner.py [--trials 12] [--epochs 30] [--seeds 5] [--workers auto|N]
+                                   [--tuners NAME ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import keras_tuner as kt
 import numpy as np
-from _common import tracked_search
+import optuna
+from optuna.trial import TrialState
 
-from pipeline import config, model, stages
+from pipeline import config, model, search, stages
 from pipeline.stages import Prepared
-from pipeline.study import TrialSummary
+
+# Thread settings the CLI must decide for itself (a test's or a --workers parent's otherwise).
+CHILD_ENV_DROP = (
+    "PIPELINE_WORKERS",
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+    "XLA_FLAGS",
+)
 
 
-def pipeline_side(params: config.Params, prep: Prepared, trials: int) -> list[tuple[float, float]]:
+@dataclass(frozen=True)
+class CliRun:
+    points: list[tuple[float, float]]  # (seconds from the first trial's start, best so far)
+    finished: int  # complete + pruned trials
+    wall: float  # the CLI process, start to exit
+    workers: int  # distinct worker processes that ran trials
+
+
+def pipeline_side(
+    repo: Path, params: config.Params, seed: int, trials: int, epochs: int, workers: str
+) -> CliRun:
+    """The real CLI in a subprocess in a fresh directory; its study read back from its journal."""
+    env = {k: v for k, v in os.environ.items() if k not in CHILD_ENV_DROP}
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = [
+            sys.executable,
+            "-m",
+            "pipeline.run",
+            "search",
+            "-p",
+            str(repo / "params" / "default.yaml"),
+            "--seed",
+            str(seed),
+            "--trials",
+            str(trials),
+            "--set",
+            f"train.epochs={epochs}",
+            "--workers",
+            workers,
+        ]
+        started = time.perf_counter()
+        done = subprocess.run(argv, cwd=tmp, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(argv[1:])} exited {done.returncode}:\n{done.stderr[-3000:]}"
+            )
+        journal = search.default_storage(Path(tmp) / "mlruns")  # where the CLI put it
+        study = optuna.load_study(
+            study_name=stages.experiment_name(params),
+            storage=search.make_storage(journal).backend,
+        )
+        trials_ = study.get_trials(deepcopy=False)
+    if study.directions != [optuna.study.StudyDirection.MAXIMIZE]:
+        raise RuntimeError(f"expected one maximized objective, got {study.directions}")
+    origin = min(t.datetime_start for t in trials_ if t.datetime_start is not None)
+    finished = sorted(
+        (t for t in trials_ if t.state in (TrialState.COMPLETE, TrialState.PRUNED)),
+        key=lambda t: t.datetime_complete,
+    )
     points: list[tuple[float, float]] = []
-    start = [0.0]
-
-    def ready() -> None:
-        start[0] = time.perf_counter()
-
-    def track(s: TrialSummary) -> None:
-        if s.best is not None:
-            points.append((time.perf_counter() - start[0], s.best.value))
-
-    tracked_search(params, prep, trials, on_ready=ready, on_trial_end=track)
-    return points
+    best: float | None = None
+    for t in finished:
+        if t.state == TrialState.COMPLETE:
+            best = t.value if best is None else max(best, t.value)
+        if best is not None:
+            points.append(((t.datetime_complete - origin).total_seconds(), best))
+    ran_by = {t.user_attrs.get(search.WORKER_ATTR) for t in finished} - {None}
+    return CliRun(points, len(finished), wall, len(ran_by))
 
 
 class Space(kt.HyperModel):
@@ -150,25 +226,27 @@ def tuners(
 
 
 def one_seed(
-    repo: Path, seed: int, trials: int, epochs: int, names: list[str]
-) -> tuple[dict[str, list], dict[str, float]]:
+    repo: Path, seed: int, trials: int, epochs: int, workers: str, names: list[str]
+) -> tuple[dict[str, list], dict[str, float], CliRun]:
     """Every tool's (seconds, best-so-far) points for one seed (data split, samplers, inits),
-    and each tuner's best by its own objective (highest val_accuracy of any epoch)."""
+    each tuner's best by its own objective (highest val_accuracy of any epoch), and the CLI run.
+    """
     params = config.load(
         repo / "params" / "default.yaml", [f"train.epochs={epochs}"], extra={"seed": seed}
     )
+    cli = pipeline_side(repo, params, seed, trials, epochs, workers)
+    results = {OURS: cli.points}
     prep = stages.prepare(params)
-    stages.fit(params, prep, seed=params.seed)  # warm-up for both sides
+    stages.fit(params, prep, seed=params.seed)  # warm-up for Keras Tuner (TensorFlow's defaults)
     n = len(prep.scaled.y_train)
     steps = {b: -(-n // b) for b in params.search.space["train.batch_size"]["choices"]}
-    results = {OURS: pipeline_side(params, prep, trials)}
     own: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, tuner in tuners(Space(params, steps), trials, epochs, seed, tmp, names).items():
             objective: list[float] = []
             results[name] = tuner_side(tuner, prep, epochs, objective)
             own[name] = objective[-1]
-    return results, own
+    return results, own, cli
 
 
 OURS = "pipeline"
@@ -179,24 +257,48 @@ def spread(values: list[float], fmt: str = "{:.2f}") -> str:
     return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
 
 
+def workers_arg(text: str) -> str:
+    """`auto` or a positive number, passed on to the CLI's --workers as given."""
+    if text == "auto" or (text.isdigit() and int(text) >= 1):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: give a number of workers or `auto`")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=12)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (split, samplers, inits)")
+    ap.add_argument(
+        "--workers",
+        type=workers_arg,
+        default="auto",
+        help="the pipeline CLI's --workers: `auto` (one per core, the default) or a number",
+    )
     ap.add_argument("--tuners", nargs="+", choices=TUNERS, default=list(TUNERS))
     a = ap.parse_args()
     repo = Path(__file__).resolve().parent.parent
     speedup: dict[str, list[float]] = {}
     acc_gap: dict[str, list[float]] = {}
     for seed in range(a.seeds):
-        results, own = one_seed(repo, seed, a.trials, a.epochs, a.tuners)
+        results, own, cli = one_seed(repo, seed, a.trials, a.epochs, a.workers, a.tuners)
         ours = results[OURS]
+        if not ours:
+            raise RuntimeError(f"seed {seed}: the pipeline finished no complete trial")
+        print(
+            f"seed {seed}: {OURS:<22} {cli.finished:>3} trials, {ours[-1][0]:6.1f} s, "
+            f"best val_accuracy {ours[-1][1]:.4f} (CLI --workers {a.workers}: "
+            f"trials ran in {cli.workers} process{'es' * (cli.workers != 1)}; whole CLI "
+            f"{cli.wall:.1f} s)",
+            flush=True,
+        )
         for name, pts in results.items():
-            tuners_own = f" (its own objective, any epoch: {own[name]:.4f})" if name in own else ""
+            if name == OURS:
+                continue
             print(
                 f"seed {seed}: {name:<22} {len(pts):>3} trials, {pts[-1][0]:6.1f} s, "
-                f"best val_accuracy {pts[-1][1]:.4f}{tuners_own}",
+                f"best val_accuracy {pts[-1][1]:.4f} "
+                f"(its own objective, any epoch: {own[name]:.4f})",
                 flush=True,
             )
         for name, pts in results.items():
@@ -212,7 +314,9 @@ def main() -> None:
                 flush=True,
             )
     print(
-        f"\n{a.seeds} seeds, {a.trials} trials of up to {a.epochs} epochs each (min / median / max)"
+        f"\n{a.seeds} seeds, {a.trials} trials of up to {a.epochs} epochs each; pipeline = the "
+        f"CLI with --workers {a.workers} (clock from its first trial's start), Keras Tuner in "
+        "this process after a warm-up fit, TensorFlow default threads (min / median / max)"
     )
     print(
         f"{'vs Keras Tuner':<22} {'time to the same best val_accuracy: ratio':<44} "

@@ -4,10 +4,12 @@ working directory with its own stores, so machine drift hits both alike. Prints 
 (min / median / max per side), the ratio of medians, and each run's champion test accuracy.
 
     python bench/vs_previous.py [--commit 3e8c8e0] [--rounds 2] [--set KEY=VALUE ...]
-                                [--this-arg=--workers --this-arg=auto]
+                                [--this-arg=--workers --this-arg=1]
 
 `--set` goes to both sides; `--this-arg` (repeatable) only to this code's command line, e.g.
-`--this-arg=--workers --this-arg=auto` for this code with one worker per core.
+`--this-arg=--workers --this-arg=1` for this code with one worker process (its bare command
+runs one per core since --workers defaults to `auto`). $PIPELINE_WORKERS is removed from both
+sides' environment, so each runs its own default.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 def run_side(code_root: Path | None, extra: list[str]) -> tuple[float, float | None]:
     """Wall seconds and champion test accuracy of one bare run (code from `code_root`, or
     this checkout when None)."""
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k != "PIPELINE_WORKERS"}
     if code_root is not None:
         env["PYTHONPATH"] = str(code_root)  # ahead of the editable install of this checkout
     with tempfile.TemporaryDirectory() as work:

@@ -11,6 +11,9 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# The search commands here run in one process unless a test asks for --workers (the tests of
+# the `auto` default remove this); their CLI subprocesses inherit it.
+os.environ["PIPELINE_WORKERS"] = "1"
 
 REPO = Path(__file__).resolve().parent.parent
 

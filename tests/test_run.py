@@ -38,6 +38,51 @@ def test_bare_command_means_search_and_flags_parse():
     assert args.command == "search" and args.trials == 3 and args.overrides == ["model.dropout=0.1"]
 
 
+def test_workers_default_to_one_per_core_as_memory_allows_or_the_environment(monkeypatch):
+    from pipeline.commands import search as cmd
+
+    assert run.parse_args([]).workers is None  # decided in main: $PIPELINE_WORKERS or auto
+    assert cmd._available_memory() > 0  # MemAvailable is read on Linux
+    monkeypatch.delenv("PIPELINE_WORKERS")
+    monkeypatch.setattr(cmd.os, "sched_getaffinity", lambda pid: set(range(8)))
+    gib = 2**30
+    for free, expected in [(100 * gib, 8), (int(2.6 * gib), 2), (gib // 2, 1), (None, 8)]:
+        monkeypatch.setattr(cmd, "_available_memory", lambda free=free: free)
+        assert cmd.default_workers() == expected, free
+    monkeypatch.setenv("PIPELINE_WORKERS", "3")
+    assert cmd.default_workers() == 3
+    monkeypatch.setenv("PIPELINE_WORKERS", "many")
+    with pytest.raises(PipelineError, match="PIPELINE_WORKERS='many'"):
+        cmd.default_workers()
+
+
+@pytest.mark.slow
+def test_the_bare_search_starts_one_worker_per_core_and_they_share_one_study(
+    workdir, store_uri, monkeypatch, capsys
+):
+    """Without --workers (and $PIPELINE_WORKERS) the search starts `auto` processes, never
+    more than it has trials, and they give one study: one parent, each trial once."""
+    import mlflow
+
+    from pipeline.commands import search as cmd
+
+    monkeypatch.delenv("PIPELINE_WORKERS")
+    started: list[int] = []
+    spawn = cmd._spawn_workers
+    monkeypatch.setattr(cmd, "_spawn_workers", lambda a, k, m: started.append(k) or spawn(a, k, m))
+    argv = ["search", "--tracking-uri", store_uri, *FAST]
+    assert run.main([*argv, "--trials", "3"]) == 0
+    assert sum(started) == min(cmd.auto_workers(), 3) - 1
+    assert run.main([*argv, "--trials", "4"]) == 0  # resumed with one trial left: no child
+    assert sum(started) == min(cmd.auto_workers(), 3) - 1
+    assert "champion = best trial" in capsys.readouterr().out
+    runs = mlflow.MlflowClient(store_uri).search_runs(["1"], max_results=100)
+    assert len([r for r in runs if r.data.tags.get("pipeline.kind") == "study"]) == 1
+    trials = [r.data.tags["pipeline.trial"] for r in runs if "pipeline.trial" in r.data.tags]
+    assert sorted(trials) == ["0", "1", "2", "3"]
+    assert all(r.info.status != "RUNNING" for r in runs)
+
+
 def test_cli_flags_become_params(workdir):
     args = run.parse_args(["search", "--trials", "7", "--seed", "3", "--timeout", "60"])
     params = run.load_params(args)  # default params found from any cwd

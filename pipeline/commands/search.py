@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("pipeline")
 
 RECYCLED = 75  # a spawned worker's exit code: it ran its `recycle_after` trials, replace it
+WORKERS_ENV = "PIPELINE_WORKERS"  # the --workers default when the flag is not given
+# What `auto` budgets per worker: a digits worker holds ~1.0 GiB resident after 20 trials
+# (`python bench/memory.py`: 1038.7 MiB), so a machine with little free memory gets fewer.
+WORKER_MEMORY = 1.25 * 2**30
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,8 +41,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--workers",
         type=_workers,
-        default=1,
-        help="worker processes on this machine, or `auto` for one per CPU core (default 1)",
+        default=None,
+        help="worker processes on this machine, or `auto` (the default; $PIPELINE_WORKERS "
+        "changes it): one single-threaded worker per CPU core, as many as free memory holds; "
+        "`--workers 1` gives a reproducible trial sequence",
     )
     p.add_argument("--new", action="store_true", help="discard a study of the same name")
     p.add_argument(
@@ -51,13 +57,47 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _workers(text: str) -> int:
-    """`auto` is one single-threaded worker per core this process may use."""
+    """A --workers value: a number, or `auto` (see auto_workers)."""
     if text == "auto":
-        return max(1, len(os.sched_getaffinity(0)))
+        return auto_workers()
     try:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: give a number or `auto`") from None
+
+
+def auto_workers() -> int:
+    """One single-threaded worker per core this process may use (on 2 cores, two such
+    processes run the default search 1.3x faster than one: README, "Measured"), but no more
+    than the free memory holds at WORKER_MEMORY each, and always at least one."""
+    cores = len(os.sched_getaffinity(0))
+    free = _available_memory()
+    fit = cores if free is None else int(free // WORKER_MEMORY)
+    return max(1, min(cores, fit))
+
+
+def _available_memory() -> int | None:
+    """Bytes the kernel says can be used without swapping (MemAvailable); None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def default_workers() -> int:
+    """The worker count when --workers is not given: $PIPELINE_WORKERS, else `auto`."""
+    text = os.environ.get(WORKERS_ENV, "auto")
+    try:
+        return _workers(text.strip())
+    except argparse.ArgumentTypeError:
+        raise PipelineError(
+            f"{WORKERS_ENV}={text!r}: give a number of worker processes or `auto`, "
+            f"or unset it for `auto`."
+        ) from None
 
 
 def main(args: argparse.Namespace) -> int:
@@ -66,6 +106,8 @@ def main(args: argparse.Namespace) -> int:
     from pipeline.tracking import mask_secret
 
     params = load_params(args)
+    if args.workers is None:
+        args.workers = default_workers()
     if args.workers < 1:
         raise PipelineError(f"--workers {args.workers}: give 1 or more worker processes.")
     prep = stages.prepare(params)
@@ -88,7 +130,8 @@ def main(args: argparse.Namespace) -> int:
     n_trials = params.search.n_trials
     before = tracked.study.counts()
     ds = prep.dataset
-    log.info(
+    log.log(
+        logging.DEBUG if args.spawned else logging.INFO,  # said once, by the parent
         "study %r: %d/%d trials finished before this run; data %s (%d rows, %s)",
         name,
         before.finished,
@@ -136,8 +179,12 @@ def _run_with_workers(
     signal) is not replaced; this process tops the budget up at the end instead.
     `workers` is filled in place so the caller can stop them on Ctrl-C.
     """
-    k, recycle = args.workers, tracked.params.search.recycle_after or None
-    if k > 1 and tracked.budget_left() > 0:
+    recycle = tracked.params.search.recycle_after or None
+    k = min(args.workers, tracked.budget_left())  # no process starts without a trial to run
+    if k > 1:
+        log.info(
+            "%d worker processes on this machine (`--workers 1` for a reproducible trial order)", k
+        )
         workers += _spawn_workers(args.argv, k - 1, recycle)
     ran = tracked.run_trials(progress, max_trials=recycle)
     replace = 1 if recycle and ran >= recycle else 0  # this process's own slot
