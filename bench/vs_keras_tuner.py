@@ -75,7 +75,13 @@ class CliRun:
 
 
 def pipeline_side(
-    repo: Path, params: config.Params, seed: int, trials: int, epochs: int, workers: str
+    repo: Path,
+    params: config.Params,
+    seed: int,
+    trials: int,
+    epochs: int,
+    workers: str,
+    extra: tuple[str, ...] = (),
 ) -> CliRun:
     """The real CLI in a subprocess in a fresh directory; its study read back from its journal."""
     env = {k: v for k, v in os.environ.items() if k not in CHILD_ENV_DROP}
@@ -95,6 +101,7 @@ def pipeline_side(
             f"train.epochs={epochs}",
             "--workers",
             workers,
+            *extra,
         ]
         started = time.perf_counter()
         done = subprocess.run(argv, cwd=tmp, env=env, capture_output=True, text=True)
@@ -226,11 +233,19 @@ def tuners(
 
 
 def one_seed(
-    repo: Path, seed: int, trials: int, epochs: int, workers: str, names: list[str]
-) -> tuple[dict[str, list], dict[str, float], CliRun]:
+    repo: Path,
+    seed: int,
+    trials: int,
+    epochs: int,
+    workers: str,
+    names: list[str],
+    *,
+    open_budget: bool = False,
+) -> tuple[dict[str, list], dict[str, float], CliRun, CliRun | None]:
     """Every tool's (seconds, best-so-far) points for one seed (data split, samplers, inits),
-    each tuner's best by its own objective (highest val_accuracy of any epoch), and the CLI run.
-    """
+    each tuner's best by its own objective (highest val_accuracy of any epoch), the CLI run,
+    and with `open_budget` a second CLI run with no trial cap, stopped (--timeout) when the
+    slowest tuner's whole search time is used."""
     params = config.load(
         repo / "params" / "default.yaml", [f"train.epochs={epochs}"], extra={"seed": seed}
     )
@@ -246,7 +261,13 @@ def one_seed(
             objective: list[float] = []
             results[name] = tuner_side(tuner, prep, epochs, objective)
             own[name] = objective[-1]
-    return results, own, cli
+    unbounded = None
+    if open_budget:
+        longest = max(results[name][-1][0] for name in names)
+        unbounded = pipeline_side(
+            repo, params, seed, 100_000, epochs, workers, ("--timeout", f"{longest:.1f}")
+        )
+    return results, own, cli, unbounded
 
 
 OURS = "pipeline"
@@ -276,12 +297,22 @@ def main() -> None:
         help="the pipeline CLI's --workers: `auto` (one per core, the default) or a number",
     )
     ap.add_argument("--tuners", nargs="+", choices=TUNERS, default=list(TUNERS))
+    ap.add_argument(
+        "--open-budget",
+        action="store_true",
+        help="also run the pipeline with no trial cap for the slowest tuner's search time and "
+        "time it to each tuner's own final best",
+    )
     a = ap.parse_args()
     repo = Path(__file__).resolve().parent.parent
     speedup: dict[str, list[float]] = {}
     acc_gap: dict[str, list[float]] = {}
+    open_speedup: dict[str, list[float]] = {}
+    open_gap: dict[str, list[float]] = {}
     for seed in range(a.seeds):
-        results, own, cli = one_seed(repo, seed, a.trials, a.epochs, a.workers, a.tuners)
+        results, own, cli, unbounded = one_seed(
+            repo, seed, a.trials, a.epochs, a.workers, a.tuners, open_budget=a.open_budget
+        )
         ours = results[OURS]
         if not ours:
             raise RuntimeError(f"seed {seed}: the pipeline finished no complete trial")
@@ -313,6 +344,8 @@ def main() -> None:
                 f"at {equal:.0f} s pipeline - tuner {acc_gap[name][-1]:+.4f}",
                 flush=True,
             )
+        if unbounded is not None:
+            report_open(seed, results, unbounded, open_speedup, open_gap)
     print(
         f"\n{a.seeds} seeds, {a.trials} trials of up to {a.epochs} epochs each; pipeline = the "
         f"CLI with --workers {a.workers} (clock from its first trial's start), Keras Tuner in "
@@ -324,6 +357,57 @@ def main() -> None:
     )
     for name in speedup:
         print(f"{name:<22} {spread(speedup[name]) + ' x':<44} {spread(acc_gap[name], '{:+.4f}')}")
+    if open_speedup:
+        print(
+            "\nopen budget: the pipeline with no trial cap, for as long as the slowest tuner "
+            "searched; each tuner's own final best as the target (not reached = 0x)"
+        )
+        print(
+            f"{'vs Keras Tuner':<22} {'time to the tuner best: ratio':<44} "
+            "val_accuracy at the tuner's whole time: pipeline - tuner"
+        )
+        for name in open_speedup:
+            print(
+                f"{name:<22} {spread(open_speedup[name]) + ' x':<44} "
+                f"{spread(open_gap[name], '{:+.4f}')}"
+            )
+
+
+def report_open(
+    seed: int,
+    results: dict[str, list[tuple[float, float]]],
+    unbounded: CliRun,
+    speedup: dict[str, list[float]],
+    gap: dict[str, list[float]],
+) -> None:
+    """The open-budget comparison for one seed: how long the uncapped pipeline took to first
+    reach each tuner's final best (0x when it did not within that tuner's whole search time),
+    and its best at that time minus the tuner's."""
+    pts = unbounded.points
+    print(
+        f"seed {seed}: {OURS + ' (open budget)':<22} {unbounded.finished:>3} trials, "
+        f"{pts[-1][0] if pts else 0.0:6.1f} s, best val_accuracy "
+        f"{pts[-1][1] if pts else 0.0:.4f}",
+        flush=True,
+    )
+    for name, tuner_pts in results.items():
+        if name == OURS:
+            continue
+        target, whole = tuner_pts[-1][1], tuner_pts[-1][0]
+        reached = next((t for t, v in pts if v >= target - 1e-9 and t <= whole), None)
+        ratio = 0.0 if reached is None else time_to(tuner_pts, target) / reached
+        speedup.setdefault(name, []).append(ratio)
+        gap.setdefault(name, []).append(best_at(pts, whole) - target)
+        got = (
+            "not reached"
+            if reached is None
+            else f"{reached:.1f} s vs {time_to(tuner_pts, target):.1f} s"
+        )
+        print(
+            f"seed {seed}: open budget vs {name}: to its best {target:.4f}: {got} = {ratio:.2f}x; "
+            f"at its {whole:.0f} s pipeline - tuner {gap[name][-1]:+.4f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
