@@ -351,19 +351,26 @@ class TrackedStudy:
         on_trial_end: Callable[[TrialSummary], None] | None = None,
         *,
         max_trials: int | None = None,
+        deadline: float | None = None,
     ) -> int:
         """Run trials here until `n_trials` have finished in the whole study (or the timeout,
         or `max_trials` of this call); returns how many this call ran.
+
+        The timeout is a `deadline` in seconds since the epoch (`time.time()`), so the
+        processes of one command (its --workers children, and the fresh ones that replace
+        recycled workers) stop starting trials at the same moment; by default it is
+        `search.timeout` from now.
 
         Stops starting trials once finished + running trials cover the budget; the workers
         whose trials are still running top it up if one of them fails. Gives up after
         2 x n_trials failures of its own (at least 5), so a broken setup does not loop.
         """
         sp = self.params.search
-        deadline = None if sp.timeout is None else time.monotonic() + sp.timeout
+        if deadline is None and sp.timeout is not None:
+            deadline = time.time() + sp.timeout
         failures = ran = 0
         c = self.study.counts()
-        while (deadline is None or time.monotonic() < deadline) and ran != max_trials:
+        while (deadline is None or time.time() < deadline) and ran != max_trials:
             if search.budget_left(c.finished, c.running, sp.n_trials) <= 0:
                 if c.running and self.reconcile() != Reconciled():
                     c = self.study.counts()
@@ -490,9 +497,16 @@ class TrackedStudy:
             best = self.study.best()
             self.log_parent_artifacts()
             if best is None:
+                c = self.study.counts()
+                why = (
+                    "no trial completed (see the failed trials' `error` tags in MLflow)"
+                    if c.failed
+                    else f"all {c.pruned} finished trials were pruned"
+                    if c.pruned
+                    else "no trial ran: search.timeout (--timeout) ended it before the first"
+                )
                 raise PipelineError(
-                    f"study {self.name!r}: no trial completed (see the failed trials' `error` "
-                    "tags in MLflow); nothing to evaluate or register."
+                    f"study {self.name!r}: {why}; nothing to evaluate or register."
                     + self.study.failure_summary()  # issue 8: say why, not only that
                 )
             record = ChampionRecord.from_attr(self.study.attr(CHAMPION_ATTR))

@@ -83,6 +83,63 @@ def test_the_bare_search_starts_one_worker_per_core_and_they_share_one_study(
     assert all(r.info.status != "RUNNING" for r in runs)
 
 
+def test_every_process_of_a_search_stops_at_the_one_timeout_deadline(monkeypatch):
+    """--timeout is one moment for the command: a worker started later (a --workers child, or
+    one replacing a recycled worker) gets the parent's deadline, not a fresh timeout."""
+    from pipeline.commands import search as cmd
+
+    started: list[list[str]] = []
+
+    class Child:
+        def __init__(self, argv: list[str]) -> None:
+            started.append(argv)
+
+    monkeypatch.setattr(cmd.subprocess, "Popen", Child)
+    cmd._spawn_workers(["search", "--timeout", "60"], 2, 3, 1234567.25)
+    assert len(started) == 2
+    for argv in started:
+        tail = argv[argv.index("--spawned") :]
+        assert tail == ["--spawned", "--max-trials", "3", "--deadline", "1234567.25"]
+
+
+@pytest.mark.slow
+def test_a_search_past_its_deadline_starts_no_trial(workdir, store_uri, capsys):
+    import time
+
+    past = str(time.time() - 1)
+    argv = ["search", "--tracking-uri", store_uri, "--trials", "2", *FAST, "--deadline", past]
+    assert run.main(argv) == 2
+    assert "no trial ran: search.timeout (--timeout) ended it" in capsys.readouterr().err
+    import optuna
+
+    storage = search_storage(workdir).backend
+    assert optuna.load_study(study_name="default", storage=storage).trials == []
+
+
+@pytest.mark.slow
+def test_the_timeout_becomes_one_deadline_handed_to_replacement_workers(
+    workdir, store_uri, monkeypatch
+):
+    import time
+
+    from pipeline.commands import search as cmd
+
+    deadlines: list[float | None] = []
+    spawn = cmd._spawn_workers
+
+    def spy(argv: list[str], k: int, m: int | None, deadline: float | None) -> list:
+        deadlines.append(deadline)
+        return spawn(argv, k, m, deadline)
+
+    monkeypatch.setattr(cmd, "_spawn_workers", spy)
+    before = time.time()
+    argv = ["search", "--tracking-uri", store_uri, "--trials", "3", "--timeout", "600", *FAST]
+    assert run.main([*argv, "--set", "search.recycle_after=1"]) == 0
+    after = time.time()
+    assert len(deadlines) == 2  # this process ran 1 trial, then two replacements ran 1 each
+    assert len(set(deadlines)) == 1 and before + 600 <= deadlines[0] <= after + 600
+
+
 def test_cli_flags_become_params(workdir):
     args = run.parse_args(["search", "--trials", "7", "--seed", "3", "--timeout", "60"])
     params = run.load_params(args)  # default params found from any cwd

@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -54,6 +55,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--spawned", action="store_true", help=argparse.SUPPRESS)  # a --workers child
     p.add_argument("--max-trials", type=int, default=None, help=argparse.SUPPRESS)
+    # --timeout as one moment (seconds since the epoch) for every process of this command.
+    p.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
 
 
 def _workers(text: str) -> int:
@@ -142,10 +145,14 @@ def main(args: argparse.Namespace) -> int:
     )
     progress = _progress(n_trials, params.search.metrics[0])
     workers: list[subprocess.Popen[bytes]] = []
+    if args.deadline is None and params.search.timeout is not None:
+        args.deadline = time.time() + params.search.timeout
     with tracker.run(f"study-{name}", resume_id=tracked.parent_id):
         try:
             if args.spawned:
-                ran = tracked.run_trials(progress, max_trials=args.max_trials)
+                ran = tracked.run_trials(
+                    progress, max_trials=args.max_trials, deadline=args.deadline
+                )
                 recycled = args.max_trials is not None and ran >= args.max_trials
             else:
                 _run_with_workers(tracked, args, progress, workers)
@@ -177,7 +184,8 @@ def _run_with_workers(
     N, and every process that has run its N (this one included) is replaced by a fresh child
     while trials remain. A child that stopped for any other reason (its own failures, a
     signal) is not replaced; this process tops the budget up at the end instead.
-    `workers` is filled in place so the caller can stop them on Ctrl-C.
+    `workers` is filled in place so the caller can stop them on Ctrl-C. No process, first or
+    replacement, starts a trial after `args.deadline` (the command's --timeout).
     """
     recycle = tracked.params.search.recycle_after or None
     k = min(args.workers, tracked.budget_left())  # no process starts without a trial to run
@@ -185,8 +193,8 @@ def _run_with_workers(
         log.info(
             "%d worker processes on this machine (`--workers 1` for a reproducible trial order)", k
         )
-        workers += _spawn_workers(args.argv, k - 1, recycle)
-    ran = tracked.run_trials(progress, max_trials=recycle)
+        workers += _spawn_workers(args.argv, k - 1, recycle, args.deadline)
+    ran = tracked.run_trials(progress, max_trials=recycle, deadline=args.deadline)
     replace = 1 if recycle and ran >= recycle else 0  # this process's own slot
     done: set[int] = set()
     while True:
@@ -194,25 +202,33 @@ def _run_with_workers(
             if w.poll() is not None and w.pid not in done:
                 done.add(w.pid)
                 replace += w.returncode == RECYCLED
-        while replace and tracked.budget_left() > 0:
-            workers += _spawn_workers(args.argv, 1, recycle)
+        while replace and tracked.budget_left() > 0 and not _past(args.deadline):
+            workers += _spawn_workers(args.argv, 1, recycle, args.deadline)
             replace -= 1
         replace = 0
         if all(w.poll() is not None for w in workers):
             break
         os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)  # until a child exits (not reaped)
-    tracked.run_trials(progress)  # tops up if a worker's last trials failed or it died
+    tracked.run_trials(progress, deadline=args.deadline)  # tops up if a worker's last trials
+    # failed or it died
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.time() >= deadline
 
 
 def _spawn_workers(
-    argv: list[str], k: int, max_trials: int | None
+    argv: list[str], k: int, max_trials: int | None, deadline: float | None
 ) -> list[subprocess.Popen[bytes]]:
     """K more starters of this very command (same argv), each running at most `max_trials`
-    trials before it exits; they inherit this process's backend thread settings (set in its
-    environment by model.configure_threads for the whole --workers count)."""
+    trials before it exits and none after `deadline`; they inherit this process's backend
+    thread settings (set in its environment by model.configure_threads for the whole
+    --workers count)."""
     argv = [a for a in argv if a != "--new"] + ["--workers", "1", "--spawned"]
     if max_trials:
         argv += ["--max-trials", str(max_trials)]
+    if deadline is not None:
+        argv += ["--deadline", repr(deadline)]
     cmd = [sys.executable, "-m", "pipeline.run", *argv]
     return [subprocess.Popen(cmd) for _ in range(k)]
 
