@@ -504,6 +504,8 @@ class TrackedStudy:
                     else f"all {c.pruned} finished trials were pruned"
                     if c.pruned
                     else "no trial ran: search.timeout (--timeout) ended it before the first"
+                    if self.params.search.timeout is not None
+                    else "no trial ran"
                 )
                 raise PipelineError(
                     f"study {self.name!r}: {why}; nothing to evaluate or register."

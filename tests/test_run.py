@@ -29,11 +29,12 @@ def predict_argv(model_uri: str, store_uri: str) -> list[str]:
     ]
 
 
-def test_bare_command_means_search_and_flags_parse():
-    assert run.parse_args([]).command == "search"
-    import os
+def test_bare_command_means_search_and_flags_parse(monkeypatch):
+    from pipeline.commands import search as cmd
 
-    assert run.parse_args(["--workers", "auto"]).workers == len(os.sched_getaffinity(0))
+    assert run.parse_args([]).command == "search"
+    monkeypatch.setattr(cmd, "auto_workers", lambda: 5)
+    assert run.parse_args(["--workers", "auto"]).workers == 5
     args = run.parse_args(["--trials", "3", "--set", "model.dropout=0.1"])
     assert args.command == "search" and args.trials == 3 and args.overrides == ["model.dropout=0.1"]
 
@@ -51,9 +52,29 @@ def test_workers_default_to_one_per_core_as_memory_allows_or_the_environment(mon
         assert cmd.default_workers() == expected, free
     monkeypatch.setenv("PIPELINE_WORKERS", "3")
     assert cmd.default_workers() == 3
-    monkeypatch.setenv("PIPELINE_WORKERS", "many")
-    with pytest.raises(PipelineError, match="PIPELINE_WORKERS='many'"):
-        cmd.default_workers()
+    for bad in ("many", "0"):
+        monkeypatch.setenv("PIPELINE_WORKERS", bad)
+        with pytest.raises(PipelineError, match=f"PIPELINE_WORKERS='{bad}'"):
+            cmd.default_workers()
+
+
+def test_auto_workers_obey_a_containers_cpu_quota_and_memory_limit(monkeypatch):
+    """In a container the affinity and MemAvailable show the host; cgroup v2 says what the
+    container may use (`docker run --cpus 1.5 --memory 3g` on an 8-core host: 2 cores)."""
+    from pipeline.commands import search as cmd
+
+    gib = 2**30
+    monkeypatch.setattr(cmd.os, "sched_getaffinity", lambda pid: set(range(8)))
+    files = {"cpu.max": "150000 100000"}
+    monkeypatch.setattr(cmd, "_cgroup", files.get)
+    assert cmd._usable_cores() == 2
+    files["cpu.max"] = "max 100000"
+    assert cmd._usable_cores() == 8
+    files.update({"memory.max": str(3 * gib), "memory.current": str(gib // 2)})
+    assert cmd._available_memory() <= 3 * gib - gib // 2
+    assert cmd.auto_workers() == 2  # 2.5 GiB of room holds two workers of 1.25 GiB
+    files.update({"memory.max": "max", "memory.current": str(2**50)})  # no limit: not used
+    assert cmd._available_memory() > 0
 
 
 @pytest.mark.slow
@@ -69,12 +90,15 @@ def test_the_bare_search_starts_one_worker_per_core_and_they_share_one_study(
     monkeypatch.delenv("PIPELINE_WORKERS")
     started: list[int] = []
     spawn = cmd._spawn_workers
-    monkeypatch.setattr(cmd, "_spawn_workers", lambda a, k, m: started.append(k) or spawn(a, k, m))
+    monkeypatch.setattr(
+        cmd, "_spawn_workers", lambda a, k, m, d: started.append(k) or spawn(a, k, m, d)
+    )
+    monkeypatch.setattr(cmd, "auto_workers", lambda: 2)  # what 2 cores with room give
     argv = ["search", "--tracking-uri", store_uri, *FAST]
     assert run.main([*argv, "--trials", "3"]) == 0
-    assert sum(started) == min(cmd.auto_workers(), 3) - 1
+    assert started == [1]
     assert run.main([*argv, "--trials", "4"]) == 0  # resumed with one trial left: no child
-    assert sum(started) == min(cmd.auto_workers(), 3) - 1
+    assert started == [1]
     assert "champion = best trial" in capsys.readouterr().out
     runs = mlflow.MlflowClient(store_uri).search_runs(["1"], max_results=100)
     assert len([r for r in runs if r.data.tags.get("pipeline.kind") == "study"]) == 1
@@ -103,12 +127,15 @@ def test_every_process_of_a_search_stops_at_the_one_timeout_deadline(monkeypatch
 
 
 @pytest.mark.slow
-def test_a_search_past_its_deadline_starts_no_trial(workdir, store_uri, capsys):
+@pytest.mark.parametrize("spawned", [[], ["--workers", "1", "--spawned"]])
+def test_a_search_past_its_deadline_starts_no_trial(workdir, store_uri, capsys, spawned):
+    """The parent, and a --workers child handed the parent's deadline, start nothing after it
+    (though their own --timeout would allow it)."""
     import time
 
     past = str(time.time() - 1)
-    argv = ["search", "--tracking-uri", store_uri, "--trials", "2", *FAST, "--deadline", past]
-    assert run.main(argv) == 2
+    argv = ["search", "--tracking-uri", store_uri, "--trials", "2", "--timeout", "600", *FAST]
+    assert run.main([*argv, *spawned, "--deadline", past]) == 2
     assert "no trial ran: search.timeout (--timeout) ended it" in capsys.readouterr().err
     import optuna
 
