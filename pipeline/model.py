@@ -121,8 +121,9 @@ def configure_threads(workers: int) -> None:
     TensorFlow's default of 2; an MNIST-scale epoch 0.89-1.13x, within the machine's noise:
     `python bench/threads.py --mnist`, twice). One worker on JAX keeps XLA's own default.
     """
-    cores = len(os.sched_getaffinity(0))
-    n = 1 if workers > 1 else max(1, cores - 1)
+    from pipeline import machine
+
+    n = 1 if workers > 1 else max(1, machine.usable_cores() - 1)
     # A setting already in the environment (the user's, or a --workers parent's) is
     # TensorFlow's own to read at start-up; only a count decided here is also set below.
     decided_here = "TF_NUM_INTRAOP_THREADS" not in os.environ

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import model
+from pipeline import machine, model
 from pipeline.config import LrDecayParams, ModelParams, TrainParams
 from pipeline.data import Splits
 from pipeline.errors import TrainingDiverged
@@ -440,5 +440,5 @@ def test_threads_are_sized_for_the_worker_count(workers):
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
-    expected = 1 if workers > 1 else max(1, len(os.sched_getaffinity(0)) - 1)
+    expected = 1 if workers > 1 else max(1, machine.usable_cores() - 1)
     assert out.stdout.split() == [str(expected), str(expected), str(workers > 1)]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import MISSION_KEYS, free_port, mlflow_server, require_postgres, wait_for_http
 
-from pipeline import config, run, stages
+from pipeline import config, machine, run, stages
 from pipeline.commands.common import make_tracker
 from pipeline.errors import PipelineError
 
@@ -43,12 +43,13 @@ def test_workers_default_to_one_per_core_as_memory_allows_or_the_environment(mon
     from pipeline.commands import search as cmd
 
     assert run.parse_args([]).workers is None  # decided in main: $PIPELINE_WORKERS or auto
-    assert cmd._available_memory() > 0  # MemAvailable is read on Linux
+    assert machine.available_memory() > 0  # MemAvailable is read on Linux
     monkeypatch.delenv("PIPELINE_WORKERS")
-    monkeypatch.setattr(cmd.os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(machine, "_cgroup", lambda name: None)
     gib = 2**30
     for free, expected in [(100 * gib, 8), (int(2.6 * gib), 2), (gib // 2, 1), (None, 8)]:
-        monkeypatch.setattr(cmd, "_available_memory", lambda free=free: free)
+        monkeypatch.setattr(machine, "available_memory", lambda free=free: free)
         assert cmd.default_workers() == expected, free
     monkeypatch.setenv("PIPELINE_WORKERS", "3")
     assert cmd.default_workers() == 3
@@ -64,17 +65,17 @@ def test_auto_workers_obey_a_containers_cpu_quota_and_memory_limit(monkeypatch):
     from pipeline.commands import search as cmd
 
     gib = 2**30
-    monkeypatch.setattr(cmd.os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: set(range(8)))
     files = {"cpu.max": "150000 100000"}
-    monkeypatch.setattr(cmd, "_cgroup", files.get)
-    assert cmd._usable_cores() == 2
+    monkeypatch.setattr(machine, "_cgroup", files.get)
+    assert machine.usable_cores() == 2
     files["cpu.max"] = "max 100000"
-    assert cmd._usable_cores() == 8
+    assert machine.usable_cores() == 8
     files.update({"memory.max": str(3 * gib), "memory.current": str(gib // 2)})
-    assert cmd._available_memory() <= 3 * gib - gib // 2
+    assert machine.available_memory() <= 3 * gib - gib // 2
     assert cmd.auto_workers() == 2  # 2.5 GiB of room holds two workers of 1.25 GiB
     files.update({"memory.max": "max", "memory.current": str(2**50)})  # no limit: not used
-    assert cmd._available_memory() > 0
+    assert machine.available_memory() > 0
 
 
 @pytest.mark.slow

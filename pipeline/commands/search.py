@@ -14,9 +14,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline import machine
 from pipeline.commands.common import add_common, load_params, make_tracker
 from pipeline.errors import PipelineError
 
@@ -74,46 +74,10 @@ def auto_workers() -> int:
     """One single-threaded worker per core this process may use (on 2 cores, two such
     processes train 1.32-1.38x more trials per minute than one: README, "Measured"), but no
     more than the free memory holds at WORKER_MEMORY each, and always at least one."""
-    cores = _usable_cores()
-    free = _available_memory()
+    cores = machine.usable_cores()
+    free = machine.available_memory()
     fit = cores if free is None else int(free // WORKER_MEMORY)
     return max(1, min(cores, fit))
-
-
-def _usable_cores() -> int:
-    """The cores in this process's CPU affinity, or fewer under a container's CPU quota
-    (cgroup v2 `cpu.max`, e.g. `docker run --cpus 2`), which the affinity does not show."""
-    cores = len(os.sched_getaffinity(0))
-    quota, _, period = (_cgroup("cpu.max") or "max").partition(" ")
-    if quota.isdigit() and period.strip().isdigit() and int(period) > 0:
-        cores = min(cores, max(1, -(-int(quota) // int(period))))
-    return cores
-
-
-def _available_memory() -> int | None:
-    """Bytes that can be used without swapping: the kernel's MemAvailable, or less under a
-    container's memory limit (cgroup v2 `memory.max` minus `memory.current`); None if unknown."""
-    free = None
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    free = int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    limit, used = _cgroup("memory.max"), _cgroup("memory.current")
-    if limit and limit.isdigit() and used and used.isdigit():
-        room = max(0, int(limit) - int(used))
-        free = room if free is None else min(free, room)
-    return free
-
-
-def _cgroup(name: str) -> str | None:
-    """A cgroup v2 control file of this process's container (its cgroup namespace root)."""
-    try:
-        return Path("/sys/fs/cgroup", name).read_text(encoding="ascii").strip()
-    except OSError:
-        return None
 
 
 def default_workers() -> int:
