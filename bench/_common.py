@@ -1,11 +1,20 @@
 """What the bench scripts share: the pipeline's real, MLflow-tracked study (pipeline.study) on
 an in-memory Optuna storage in a throw-away store, so each script measures exactly what
-`python -m pipeline.run` does per trial."""
+`python -m pipeline.run` does per trial (`tracked_search`); and the command itself run in a
+throw-away folder, its study read back (`cli_search`)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+import optuna
 
 from pipeline import config, search
 from pipeline.stages import Prepared
@@ -42,3 +51,35 @@ def tracked_search(
                 on_ready()
             study.run_trials(on_trial_end)
     return study.study
+
+
+class CliSearch(NamedTuple):
+    """What one CLI search left in its study, and how long the command ran."""
+
+    trials: list[optuna.trial.FrozenTrial]
+    directions: list[optuna.study.StudyDirection]
+    wall: float  # seconds, the command's start to its exit
+
+
+def cli_search(flags: list[str], env: Mapping[str, str] | None = None) -> CliSearch:
+    """`python -m pipeline.run search FLAGS` in a fresh temporary directory with its default
+    stores, its study read back from its Optuna journal. Raises with the stderr tail if the
+    command fails."""
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = [sys.executable, "-m", "pipeline.run", "search", *flags]
+        started = time.perf_counter()
+        done = subprocess.run(
+            argv,
+            cwd=tmp,
+            env=dict(os.environ if env is None else env),
+            capture_output=True,
+            text=True,
+        )
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(argv[1:])} exited {done.returncode}:\n{done.stderr[-3000:]}"
+            )
+        journal = search.default_storage(Path(tmp) / "mlruns")  # where the CLI put it
+        study = optuna.load_study(study_name=None, storage=search.make_storage(journal).backend)
+        return CliSearch(study.get_trials(deepcopy=False), study.directions, wall)

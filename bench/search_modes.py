@@ -9,49 +9,30 @@ real CLI in a subprocess with its own temporary store; times come from the Optun
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
-import optuna
+from _common import cli_search
 
 
 def case(label: str, trials: int, epochs: int, *flags: str) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        argv = [
-            sys.executable,
-            "-m",
-            "pipeline.run",
-            "search",
-            "--trials",
-            str(trials),
-            "--set",
-            f"train.epochs={epochs}",
-            *flags,
-        ]
-        done = subprocess.run(argv, cwd=tmp, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"{label} failed:\n{done.stderr[-3000:]}")
-        storage = optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(
-                str(Path(tmp) / "mlruns" / "optuna-journal.log")
-            )
+    try:
+        all_trials, _, _ = cli_search(
+            ["--trials", str(trials), "--set", f"train.epochs={epochs}", *flags]
         )
-        study = optuna.load_study(study_name="default", storage=storage)
-        finished = [t for t in study.trials if t.datetime_complete is not None]
-        span = (
-            max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)
-        ).total_seconds()
-        pruned = sum(t.state.name == "PRUNED" for t in finished)
-        return {
-            "label": label,
-            "seconds": span,
-            "per_min": 60 * len(finished) / span,
-            "best": study.best_value,
-            "trials": len(finished),
-            "pruned": pruned,
-        }
+    except RuntimeError as exc:
+        raise SystemExit(f"{label} failed:\n{exc}") from None
+    finished = [t for t in all_trials if t.datetime_complete is not None]
+    span = (
+        max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)
+    ).total_seconds()
+    pruned = sum(t.state.name == "PRUNED" for t in finished)
+    return {
+        "label": label,
+        "seconds": span,
+        "per_min": 60 * len(finished) / span,
+        "best": max(t.value for t in finished if t.state.name == "COMPLETE"),  # maximized
+        "trials": len(finished),
+        "pruned": pruned,
+    }
 
 
 def main() -> None:

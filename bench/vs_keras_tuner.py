@@ -48,8 +48,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -59,6 +57,7 @@ import keras
 import keras_tuner as kt
 import numpy as np
 import optuna
+from _common import cli_search
 from optuna.trial import TrialState
 
 from pipeline import config, model, search, stages
@@ -83,7 +82,6 @@ class CliRun:
 
 def pipeline_side(
     repo: Path,
-    params: config.Params,
     seed: int,
     trials: int,
     epochs: int,
@@ -92,39 +90,11 @@ def pipeline_side(
 ) -> CliRun:
     """The real CLI in a subprocess in a fresh directory; its study read back from its journal."""
     env = {k: v for k, v in os.environ.items() if k not in CHILD_ENV_DROP}
-    with tempfile.TemporaryDirectory() as tmp:
-        argv = [
-            sys.executable,
-            "-m",
-            "pipeline.run",
-            "search",
-            "-p",
-            str(repo / "params" / "default.yaml"),
-            "--seed",
-            str(seed),
-            "--trials",
-            str(trials),
-            "--set",
-            f"train.epochs={epochs}",
-            "--workers",
-            workers,
-            *extra,
-        ]
-        started = time.perf_counter()
-        done = subprocess.run(argv, cwd=tmp, env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - started
-        if done.returncode != 0:
-            raise RuntimeError(
-                f"{' '.join(argv[1:])} exited {done.returncode}:\n{done.stderr[-3000:]}"
-            )
-        journal = search.default_storage(Path(tmp) / "mlruns")  # where the CLI put it
-        study = optuna.load_study(
-            study_name=stages.experiment_name(params),
-            storage=search.make_storage(journal).backend,
-        )
-        trials_ = study.get_trials(deepcopy=False)
-    if study.directions != [optuna.study.StudyDirection.MAXIMIZE]:
-        raise RuntimeError(f"expected one maximized objective, got {study.directions}")
+    flags = ["-p", str(repo / "params" / "default.yaml"), "--seed", str(seed)]
+    flags += ["--trials", str(trials), "--set", f"train.epochs={epochs}", "--workers", workers]
+    trials_, directions, wall = cli_search([*flags, *extra], env)
+    if directions != [optuna.study.StudyDirection.MAXIMIZE]:
+        raise RuntimeError(f"expected one maximized objective, got {directions}")
     origin = min(t.datetime_start for t in trials_ if t.datetime_start is not None)
     finished = sorted(
         (t for t in trials_ if t.state in (TrialState.COMPLETE, TrialState.PRUNED)),
@@ -261,7 +231,7 @@ def one_seed(
     params = config.load(
         repo / "params" / "default.yaml", [f"train.epochs={epochs}"], extra={"seed": seed}
     )
-    cli = pipeline_side(repo, params, seed, trials, epochs, workers)
+    cli = pipeline_side(repo, seed, trials, epochs, workers)
     results = {OURS: cli.points}
     prep = stages.prepare(params)
     stages.fit(params, prep, seed=params.seed)  # warm-up for Keras Tuner (TensorFlow's defaults)
@@ -277,7 +247,7 @@ def one_seed(
     if open_budget:
         longest = max(results[name][-1][0] for name in names)
         unbounded = pipeline_side(
-            repo, params, seed, 100_000, epochs, workers, ("--timeout", f"{longest:.1f}")
+            repo, seed, 100_000, epochs, workers, ("--timeout", f"{longest:.1f}")
         )
     return results, own, cli, unbounded
 
@@ -363,26 +333,32 @@ def main() -> None:
         f"CLI with --workers {a.workers} (clock from its first trial's start), Keras Tuner in "
         "this process after a warm-up fit, TensorFlow default threads (min / median / max)"
     )
-    print(
-        f"{'vs Keras Tuner':<22} {'time to the same best val_accuracy: ratio':<44} "
-        "val_accuracy at equal wall time: pipeline - tuner"
+    table(
+        "time to the same best val_accuracy: ratio",
+        "val_accuracy at equal wall time: pipeline - tuner",
+        speedup,
+        acc_gap,
     )
-    for name in speedup:
-        print(f"{name:<22} {spread(speedup[name]) + ' x':<44} {spread(acc_gap[name], '{:+.4f}')}")
     if open_speedup:
         print(
             "\nopen budget: the pipeline with no trial cap, for as long as the slowest tuner "
             "searched; each tuner's own final best as the target (not reached = 0x)"
         )
-        print(
-            f"{'vs Keras Tuner':<22} {'time to the tuner best: ratio':<44} "
-            "val_accuracy at the tuner's whole time: pipeline - tuner"
+        table(
+            "time to the tuner best: ratio",
+            "val_accuracy at the tuner's whole time: pipeline - tuner",
+            open_speedup,
+            open_gap,
         )
-        for name in open_speedup:
-            print(
-                f"{name:<22} {spread(open_speedup[name]) + ' x':<44} "
-                f"{spread(open_gap[name], '{:+.4f}')}"
-            )
+
+
+def table(
+    ratio_title: str, gap_title: str, ratios: dict[str, list[float]], gaps: dict[str, list[float]]
+) -> None:
+    """One row per tuner: min / median / max of its time ratios and accuracy gaps."""
+    print(f"{'vs Keras Tuner':<22} {ratio_title:<44} {gap_title}")
+    for name in ratios:
+        print(f"{name:<22} {spread(ratios[name]) + ' x':<44} {spread(gaps[name], '{:+.4f}')}")
 
 
 def report_open(

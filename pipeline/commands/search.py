@@ -201,8 +201,8 @@ def _run_with_workers(
         if all(w.poll() is not None for w in workers):
             break
         os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)  # until a child exits (not reaped)
-    tracked.run_trials(progress, deadline=args.deadline)  # tops up if a worker's last trials
-    # failed or it died
+    # Tops up if a worker's last trials failed or it died.
+    tracked.run_trials(progress, deadline=args.deadline)
 
 
 def _past(deadline: float | None) -> bool:
