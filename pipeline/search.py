@@ -325,6 +325,18 @@ def _sampler(params: SearchParams, seed: int) -> optuna.samplers.BaseSampler:
     return s.TPESampler(seed=seed, n_startup_trials=params.n_startup_trials)
 
 
+def median_warmup(max_epochs: int) -> int:
+    """Epochs the median pruner waits before judging a trial: a third of the budget, at least 3.
+
+    Judged early, a trial is compared on how fast it learns, not how well it ends: a large
+    batch or a decaying learning rate starts behind and often finishes ahead. Over 5 seeds of
+    the default search (bench/search_variants.py), pruning from epoch 4 of 30 cost the best
+    trial on 1 seed in 5 (2 validation rows of 270 on seed 4, and 2 on the preset's seed 42);
+    from epoch 11 it matched the no-pruner best on all 5, for ~5 % more search time.
+    """
+    return max(3, max_epochs // 3)
+
+
 def _pruner(params: SearchParams, max_epochs: int, folds: int = 0) -> optuna.pruners.BasePruner:
     """The pruner of `search.pruner`; its steps are epochs, or folds when `folds` >= 2.
 
@@ -352,7 +364,9 @@ def _pruner(params: SearchParams, max_epochs: int, folds: int = 0) -> optuna.pru
             return p.HyperbandPruner(min_resource=1, max_resource=folds)
         return p.NopPruner()
     if params.pruner == "median":
-        return p.MedianPruner(n_startup_trials=params.n_startup_trials, n_warmup_steps=3)
+        return p.MedianPruner(
+            n_startup_trials=params.n_startup_trials, n_warmup_steps=median_warmup(max_epochs)
+        )
     if params.pruner == "hyperband":
         return p.HyperbandPruner(min_resource=2, max_resource=max_epochs)
     return p.NopPruner()

@@ -329,3 +329,23 @@ def test_a_multi_objective_study_keeps_the_pareto_front_and_never_prunes(tmp_pat
     assert (best.number, best.value, best.values) == (3, 0.9, (0.9, 400.0))
     assert study._study.trials[0].intermediate_values == {}
     assert "Pareto front" in study.figures()
+
+
+@pytest.mark.parametrize("max_epochs, first_judged", [(30, 10), (8, 3)])
+def test_the_median_pruner_judges_a_trial_after_a_third_of_its_epochs(
+    tmp_path, max_epochs, first_judged
+):
+    """A trial far behind the median is left alone for the first third of the epoch budget
+    (at least 3 epochs: a slow start is not a bad end) and stopped at the first step after."""
+    storage = search.make_storage(str(tmp_path / "journal.log"))
+    study = search.open_study(
+        "warmup", storage, params(pruner="median"), seed=0, max_epochs=max_epochs
+    )
+    for _ in range(2):  # n_startup_trials=2 complete trials set the median: 0.9 every epoch
+        trial = study.ask(10)
+        for epoch in range(max_epochs):
+            assert not trial.should_prune(epoch, 0.9)
+        study.tell_complete(trial, 0.9)
+    behind = study.ask(10)
+    judged = [epoch for epoch in range(max_epochs) if behind.should_prune(epoch, 0.1)]
+    assert judged[0] == first_judged
