@@ -141,7 +141,27 @@ def test_a_search_past_its_deadline_starts_no_trial(workdir, store_uri, capsys, 
     import optuna
 
     storage = search_storage(workdir).backend
-    assert optuna.load_study(study_name="default", storage=storage).trials == []
+    trials = optuna.load_study(study_name="default", storage=storage).trials
+    assert [t.number for t in trials if t.datetime_start is not None] == []  # none started
+
+
+@pytest.mark.slow
+def test_a_recycled_worker_leaves_the_champion_to_the_last_worker(workdir, store_uri, capsys):
+    """A --workers child that ran its `recycle_after` trials exits for a fresh process, the
+    study unfinished: it must not test and register the best trial so far (the test split is
+    used once, for the best of all trials), even when no other trial is running then."""
+    import mlflow
+
+    from pipeline.commands import search as cmd
+
+    argv = ["search", "--tracking-uri", store_uri, "--trials", "3", *FAST]
+    assert run.main([*argv, "--workers", "1", "--spawned", "--max-trials", "1"]) == cmd.RECYCLED
+    runs = mlflow.MlflowClient(store_uri).search_runs(["1"], max_results=100)
+    assert [r.data.tags["pipeline.trial"] for r in runs if "pipeline.trial" in r.data.tags] == ["0"]
+    assert [r for r in runs if r.data.tags.get("pipeline.kind") == "champion"] == []
+    assert run.main(argv) == 0  # the rest of the budget, then the champion, once
+    runs = mlflow.MlflowClient(store_uri).search_runs(["1"], max_results=100)
+    assert len([r for r in runs if r.data.tags.get("pipeline.kind") == "champion"]) == 1
 
 
 @pytest.mark.slow

@@ -137,6 +137,7 @@ def main(args: argparse.Namespace) -> int:
     )
     progress = _progress(n_trials, params.search.metrics[0])
     workers: list[subprocess.Popen[bytes]] = []
+    recycled = False
     if args.deadline is None and params.search.timeout is not None:
         args.deadline = time.time() + params.search.timeout
     with tracker.run(f"study-{name}", resume_id=tracked.parent_id):
@@ -149,14 +150,17 @@ def main(args: argparse.Namespace) -> int:
             else:
                 _run_with_workers(tracked, args, progress, workers)
             tracked.reconcile()  # closes trial runs the store could not close while it was away
-            outcome = tracked.finish()
+            # A recycled child leaves the study open: a fresh process takes its slot, and the
+            # last worker standing logs the study and makes the champion (once, for the best
+            # of all trials, not of those so far).
+            outcome = None if recycled else tracked.finish()
         except BaseException:
             _stop(workers)
             tracked.reconcile()
             if not args.spawned:
                 _print_study(tracked, params)
             raise
-    if args.spawned:
+    if args.spawned or outcome is None:  # only a spawned child is ever recycled
         return RECYCLED if recycled else 0
     _print_study(tracked, params)
     _print_outcome(outcome, params, tracker.ui_url())
