@@ -37,7 +37,12 @@ def main() -> None:
     def bare(side: str) -> search.SearchStudy:
         """The same trials through the same Optuna layer, with no MLflow at all."""
         study = search.open_study(
-            side, search.memory_storage(), params.search, seed=params.seed, max_epochs=args.epochs
+            side,
+            search.memory_storage(),
+            params.search,
+            seed=params.seed,
+            max_epochs=args.epochs,
+            configured=config.flatten(params),  # the same baseline trial 0 as the pipeline's
         )
         while (trial := study.ask(args.trials)) is not None:
             result = stages.fit(config.with_values(params, trial.values), prep, seed=params.seed)

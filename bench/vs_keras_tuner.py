@@ -16,7 +16,11 @@ What is measured, per seed:
   finished (complete or pruned) trial, in order of its end, gives a point (seconds, best
   val_accuracy so far). The CLI's whole wall time (process start to exit) and the number of
   worker processes that ran trials are printed beside it. The pipeline side is the full
-  search: MLflow tracking of every trial, median pruning and TPE.
+  search as shipped: MLflow tracking of every trial, median pruning, TPE, and its trial 0
+  training the preset's own values (`search.baseline_first`: relu, he_normal, dropout 0.2,
+  batch 64, no decay), which Keras Tuner has no counterpart for (its tuners never try the
+  `hp` defaults first). `--cli-arg=--set --cli-arg=search.baseline_first=false` (any
+  `--cli-arg` goes to the CLI as given) measures the search without that trial.
 - Keras Tuner (RandomSearch, BayesianOptimization, Hyperband): in this process, after a
   warm-up fit, with TensorFlow's default threads (this script sizes no threads: as shipped);
   the clock starts when `tuner.search` is called, and each trial's end gives a point.
@@ -40,7 +44,7 @@ tuner's. (The fixed-budget ratio above is the design's figure; with 12 trials it
 mostly by which side's draws happened to score a row or two higher.)
 
     python bench/vs_keras_tuner.py [--trials 12] [--epochs 30] [--seeds 5] [--workers auto|N]
-                                   [--tuners NAME ...] [--open-budget]
+                                   [--tuners NAME ...] [--open-budget] [--cli-arg=ARG ...]
 """
 
 from __future__ import annotations
@@ -223,6 +227,7 @@ def one_seed(
     names: list[str],
     *,
     open_budget: bool = False,
+    cli_args: tuple[str, ...] = (),
 ) -> tuple[dict[str, list], dict[str, float], CliRun, CliRun | None]:
     """Every tool's (seconds, best-so-far) points for one seed (data split, samplers, inits),
     each tuner's best by its own objective (highest val_accuracy of any epoch), the CLI run,
@@ -231,7 +236,7 @@ def one_seed(
     params = config.load(
         repo / "params" / "default.yaml", [f"train.epochs={epochs}"], extra={"seed": seed}
     )
-    cli = pipeline_side(repo, seed, trials, epochs, workers)
+    cli = pipeline_side(repo, seed, trials, epochs, workers, cli_args)
     results = {OURS: cli.points}
     prep = stages.prepare(params)
     stages.fit(params, prep, seed=params.seed)  # warm-up for Keras Tuner (TensorFlow's defaults)
@@ -247,7 +252,7 @@ def one_seed(
     if open_budget:
         longest = max(results[name][-1][0] for name in names)
         unbounded = pipeline_side(
-            repo, seed, 100_000, epochs, workers, ("--timeout", f"{longest:.1f}")
+            repo, seed, 100_000, epochs, workers, (*cli_args, "--timeout", f"{longest:.1f}")
         )
     return results, own, cli, unbounded
 
@@ -285,6 +290,12 @@ def main() -> None:
         help="also run the pipeline with no trial cap for the slowest tuner's search time and "
         "time it to each tuner's own final best",
     )
+    ap.add_argument(
+        "--cli-arg",
+        action="append",
+        default=[],
+        help="one more argument for the pipeline CLI, as given (repeat it; write --cli-arg=--set)",
+    )
     a = ap.parse_args()
     repo = Path(__file__).resolve().parent.parent
     speedup: dict[str, list[float]] = {}
@@ -293,7 +304,14 @@ def main() -> None:
     open_gap: dict[str, list[float]] = {}
     for seed in range(a.seeds):
         results, own, cli, unbounded = one_seed(
-            repo, seed, a.trials, a.epochs, a.workers, a.tuners, open_budget=a.open_budget
+            repo,
+            seed,
+            a.trials,
+            a.epochs,
+            a.workers,
+            a.tuners,
+            open_budget=a.open_budget,
+            cli_args=tuple(a.cli_arg),
         )
         ours = results[OURS]
         if not ours:
@@ -330,7 +348,8 @@ def main() -> None:
             report_open(seed, results, unbounded, open_speedup, open_gap)
     print(
         f"\n{a.seeds} seeds, {a.trials} trials of up to {a.epochs} epochs each; pipeline = the "
-        f"CLI with --workers {a.workers} (clock from its first trial's start), Keras Tuner in "
+        f"CLI with --workers {a.workers}{''.join(' ' + x for x in a.cli_arg)} (clock from its "
+        "first trial's start; trial 0 the preset's values unless turned off), Keras Tuner in "
         "this process after a warm-up fit, TensorFlow default threads (min / median / max)"
     )
     table(

@@ -151,6 +151,9 @@ class SearchParams(_Section):
     sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
     n_startup_trials: int = Field(5, ge=0)
+    # A new study's first trial trains the searched keys' configured values (the params as
+    # written), unless it warm-starts or samples a grid.
+    baseline_first: bool = True
     retries: int = Field(1, ge=0)
     recycle_after: int = Field(50, ge=0)  # trials per worker process before a fresh one (0: never)
     top_k: int = Field(5, ge=1)

@@ -49,6 +49,7 @@ HEARTBEAT_ATTR = "heartbeat"
 RETRY_ATTR = "retry_of"  # a retried trial: the number of the dead worker's trial it repeats
 RETRY_RUN_ATTR = "retry_of_run"  # ... and that trial's MLflow run, if it had one
 WARM_ATTR = "warm_start_from"  # on a warm-start trial: "<earlier study>#<its trial number>"
+BASELINE_ATTR = "baseline"  # on the trial that trains the configured values (baseline_first)
 SURPLUS = "not run: other workers' trials already fill n_trials"
 HEARTBEAT_SECONDS = 30.0
 STALE_AFTER_SECONDS = 4 * HEARTBEAT_SECONDS  # a worker on another host is dead after this
@@ -97,6 +98,14 @@ class WarmStart:
     source: str
     enqueued: list[dict[str, Any]]  # in the order they will be tried
     dropped: dict[str, str]  # param key -> why it was left out (Optuna samples it instead)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What `search.baseline_first` queued: the configured values of the searched keys."""
+
+    enqueued: dict[str, Any]  # the first trial's values (empty: nothing was queued)
+    dropped: dict[str, str]  # param key -> why it is sampled instead (outside the space)
 
 
 @dataclass(frozen=True)
@@ -463,6 +472,7 @@ class Trial:
     retry_of: int | None = None  # a dead worker's trial this one repeats (same params)
     retry_of_run: str | None = None  # that trial's MLflow run, so the new run can link to it
     warm_start_from: str | None = None  # "<earlier study>#<trial>" for a warm-start trial
+    baseline: bool = False  # the trial of the configured values (search.baseline_first)
     prunable: bool = True  # False in a multi-objective study (Optuna cannot prune those)
 
     def should_prune(self, epoch: int, value: float) -> bool:
@@ -545,10 +555,16 @@ class SearchStudy:
         return {t.number: float(t.values[0]) for t in self._trials(TrialState.COMPLETE)}
 
     def frame(self) -> pd.DataFrame:
-        """The trials table (number, state, value, params_*, user attrs, seconds)."""
+        """The trials table (number, state, value, params_*, user attrs, seconds) of the trials
+        that started: a queued one (a warm-start or baseline trial no worker took yet) is not
+        in it."""
+        import pandas as pd  # Optuna's trials_dataframe has loaded it already
+
         frame = self._study.trials_dataframe(
             attrs=("number", "value", "state", "params", "user_attrs", "duration")
         )
+        if "state" in frame:
+            frame = frame[frame["state"] != TrialState.WAITING.name].reset_index(drop=True)
         # A study with named objectives calls the columns values_<metric>: the first is
         # `value` (what the tables rank by), any other goes by its metric's name.
         named = self._study.metric_names or []
@@ -560,7 +576,8 @@ class SearchStudy:
             }
         )
         if "duration" in frame:
-            frame["seconds"] = frame["duration"].dt.total_seconds()
+            # a running trial has no duration yet (None): NaN seconds, not a crash
+            frame["seconds"] = pd.to_timedelta(frame["duration"]).dt.total_seconds()
             frame = frame.drop(columns=["duration"])
         return frame
 
@@ -717,6 +734,7 @@ class SearchStudy:
             int(retry_of) if retry_of is not None else None,
             str(retry_run) if retry_run else None,
             warm_start_from=str(origin) if origin else None,
+            baseline=bool(trial.user_attrs.get(BASELINE_ATTR)),
             prunable=len(self._study.directions) == 1,
         )
 
@@ -735,7 +753,7 @@ class SearchStudy:
             trial.remember(REASON_ATTR, reason[:1000])
         self._study.tell(trial._trial, state=TrialState.FAIL)
 
-    # warm start
+    # first trials: warm start, baseline
 
     def warm_start(self, source: list[optuna.trial.FrozenTrial], name: str) -> WarmStart | None:
         """Queue `source` trials' params (cut to this study's space) as this study's next
@@ -756,6 +774,24 @@ class SearchStudy:
                     queued.append(kept)
             self.set_attr(key, [t.number for t in source])
         return WarmStart(name, queued, dropped)
+
+    def baseline(self, configured: Mapping[str, Any]) -> Baseline | None:
+        """Queue the configured values of the searched keys as the study's first trial, once
+        per study (under the study lock, recorded in a study attr, like `warm_start`), so the
+        search starts from the model the params describe and its champion is never one that
+        scored worse than it. A key whose configured value lies outside its range or choices is
+        left to the sampler; when none is inside, nothing is queued. Returns None when the
+        study already had its baseline (or any trial: a resumed study is not restarted)."""
+        key = "baseline"
+        with self.exclusive():
+            if self.attr(key) is not None or self._study.get_trials(deepcopy=False):
+                return None
+            values = {k: configured[k] for k in self._params.space if k in configured}
+            kept, dropped = fit_to_space(values, self._params.space)
+            if kept:
+                self._study.enqueue_trial(kept, user_attrs={BASELINE_ATTR: True})
+            self.set_attr(key, kept)
+        return Baseline(kept, dropped)
 
     # dead workers
 
@@ -864,8 +900,13 @@ def open_study(
     max_epochs: int,
     folds: int = 0,
     new: bool = False,
+    configured: Mapping[str, Any] | None = None,
 ) -> SearchStudy:
     """Create or resume the study; refuse to resume one whose search space has changed.
+
+    `configured` (dotted key -> value, the params as written) is the baseline a new study
+    tries first when `search.baseline_first` is on, unless it warm-starts (an earlier study's
+    best go first then) or samples a grid (which covers every point anyway).
 
     Each process that opens the study gets its own sampler stream: seed + trials already in the
     study + 7919 x (how many processes opened it at that same history before this one), counted
@@ -906,6 +947,10 @@ def open_study(
         started = searched.warm_start(warm, params.warm_start)
         if started is not None:
             _log_warm_start(started, name)
+    elif params.baseline_first and params.sampler != "grid" and configured is not None:
+        queued = searched.baseline(configured)
+        if queued is not None:
+            _log_baseline(queued, name)
     return searched
 
 
@@ -953,6 +998,24 @@ def _log_warm_start(started: WarmStart, name: str) -> None:
         name,
         len(started.enqueued),
         started.source,
+    )
+
+
+def _log_baseline(queued: Baseline, name: str) -> None:
+    if not queued.enqueued:
+        log.info(
+            "study %r: no configured value lies inside search.space, so no baseline trial",
+            name,
+        )
+        return
+    shown = ", ".join(f"{k}={v}" for k, v in queued.enqueued.items())
+    sampled = "".join(f"; {k} sampled: {why}" for k, why in queued.dropped.items())
+    log.info(
+        "study %r: trial 0 trains the configured values (%s)%s "
+        "(search.baseline_first: false to sample it too)",
+        name,
+        shown,
+        sampled,
     )
 
 

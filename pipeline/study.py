@@ -229,6 +229,7 @@ class TrackedStudy:
             max_epochs=params.train.epochs,
             folds=prep.folds.k if prep.folds is not None else 0,
             new=new,
+            configured=config.flatten(params),
         )
         cls._check_folds(study, prep)
         parent_id = study.attr(PARENT_ATTR)
@@ -242,10 +243,12 @@ class TrackedStudy:
     def _check_folds(study: search.SearchStudy, prep: Prepared) -> None:
         """Refuse to resume a study whose trials were scored another way (a validation split
         vs k folds, or another k): it would rank incomparable objectives, and a champion
-        refit needs the folds' epochs. A study without the record predates split.folds."""
+        refit needs the folds' epochs. A study without the record predates split.folds, unless
+        no trial of it has started yet (a new study's queued baseline or warm-start trials)."""
         folds = prep.folds.k if prep.folds is not None else 0
         stored = study.attr(FOLDS_ATTR)
-        if stored is None and not study.trial_states():
+        started = [s for s in study.trial_states().values() if s != "WAITING"]
+        if stored is None and not started:
             study.set_attr(FOLDS_ATTR, folds)
             return
         before = int(stored or 0)
@@ -412,6 +415,8 @@ class TrackedStudy:
                 tags[RETRY_RUN_TAG] = trial.retry_of_run
         if trial.warm_start_from:
             tags["pipeline.warm_start_from"] = trial.warm_start_from
+        if trial.baseline:
+            tags["pipeline.baseline"] = "true"
         told = False
 
         def hook(epoch: int, logs: dict[str, float]) -> bool:

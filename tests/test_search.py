@@ -17,6 +17,8 @@ SPACE = {
     "model.dropout": {"low": 0.0, "high": 0.5},
     "train.lr_decay.rate": {"low": 1e-4, "high": 1.0, "log": True},
 }
+# The params as written, for the baseline trial (a rate outside the space's range).
+CONFIGURED = {"model.activation": "tanh", "model.dropout": 0.2, "train.lr_decay.rate": 5.0}
 
 
 def params(**kw):
@@ -282,6 +284,7 @@ def test_warm_start_queues_an_earlier_studys_best_params_once_and_drops_drifted_
                 p,
                 seed=0,
                 max_epochs=10,
+                configured=CONFIGURED,  # no baseline: the earlier study's best go first
             )
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
@@ -349,3 +352,58 @@ def test_the_median_pruner_judges_a_trial_after_a_third_of_its_epochs(
     behind = study.ask(10)
     judged = [epoch for epoch in range(max_epochs) if behind.should_prune(epoch, 0.1)]
     assert judged[0] == first_judged
+
+
+def test_a_new_study_trains_the_configured_values_first_once(tmp_path):
+    """The searched keys' configured values are trial 0 (a value outside the space is left
+    to the sampler), queued once however often the study is opened, and trial 1 on is
+    sampled."""
+    storage = search.make_storage(str(tmp_path / "journal.log"))
+
+    def opened():
+        return search.open_study(
+            "s", storage, params(), seed=0, max_epochs=10, configured=CONFIGURED
+        )
+
+    study, again = opened(), opened()  # a second worker starting together, or a resume
+    first = study.ask(5)
+    assert first.number == 0 and first.baseline
+    assert first.values["model.activation"] == "tanh" and first.values["model.dropout"] == 0.2
+    assert first.values["train.lr_decay.rate"] != 5.0  # outside [1e-4, 1]: sampled
+    study.tell_complete(first, 0.5)
+    second = again.ask(5)
+    assert (second.number, second.baseline) == (1, False)
+    study.tell_complete(second, 0.5)
+    assert (
+        search.open_study("s", storage, params(), seed=0, max_epochs=10, configured=CONFIGURED)
+        .ask(5)
+        .baseline
+        is False
+    )
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"baseline_first": False},
+        {"sampler": "grid", "space": {"model.activation": {"choices": ["relu", "tanh"]}}},
+    ],
+)
+def test_no_baseline_trial_when_turned_off_or_on_a_grid(tmp_path, kw):
+    """Off, or on a grid (which visits every point anyway, and would visit a queued one twice),
+    nothing is queued: the first trial is the sampler's."""
+    study = study_at(tmp_path, params(**kw), configured=CONFIGURED)
+    assert study._study.get_trials(states=(optuna.trial.TrialState.WAITING,)) == []
+    assert not study.ask(5).baseline
+
+
+def test_the_trials_table_lists_started_trials_and_copes_with_running_ones(tmp_path):
+    """A queued trial (baseline, warm start) is not in the table yet, and a running trial's
+    missing duration is NaN seconds: a study with nothing finished still makes its table."""
+    study = study_at(tmp_path, configured=CONFIGURED)  # queues the baseline
+    assert len(study.frame()) == 0
+    running = study.ask(5)
+    frame = study.frame()
+    assert frame["number"].tolist() == [running.number] and frame["seconds"].isna().all()
+    study.tell_complete(running, 0.5)
+    assert study.frame()["seconds"].notna().all()

@@ -72,6 +72,8 @@ def check_one_study(results, client, experiment: str, study: str) -> None:
     keys = ["model.activation", "model.initializer", "model.dropout", "train.batch_size"]
     proposals = [tuple(r.data.params[k] for k in keys) for r in trials]
     assert len(proposals) == len(set(proposals))  # no two processes proposed the same trial
+    baseline = [r.data.tags["pipeline.trial"] for r in trials if "pipeline.baseline" in r.data.tags]
+    assert baseline == ["0"]  # the configured values were queued once, as the first trial
     champions = [r for r in runs if r.data.tags.get("pipeline.kind") == "champion"]
     assert len(champions) == 1  # the test split was used once
     versions = client.search_model_versions("name = 'default'")
