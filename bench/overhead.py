@@ -1,9 +1,10 @@
 """Tracking overhead: the pipeline's search (every trial a nested MLflow run with params,
 per-epoch metrics and weights) vs a bare Optuna + Keras loop training the very same trials
 with no logging. Both sides run in this process, on the same prepared data and seeds, after
-a shared warm-up; prints seconds per side and the ratio (DESIGN.md target <= 1.05x).
+a shared warm-up; the sides alternate `--rounds` times each (against drift) and each side's
+best round counts; prints seconds per side and the ratio (DESIGN.md target <= 1.05x).
 
-    python bench/overhead.py [--trials 10] [--epochs 20]
+    python bench/overhead.py [--trials 10] [--epochs 20] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=10)
     ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=2, help="runs of each side, alternating")
     args = ap.parse_args()
     repo = Path(__file__).resolve().parent.parent
     params = config.load(
@@ -51,7 +53,7 @@ def main() -> None:
         return study
 
     timings: dict[str, list] = {}
-    for side in ("bare", "pipeline", "bare", "pipeline"):  # interleaved against drift
+    for side in ("bare", "pipeline") * args.rounds:  # interleaved against drift
         started = [time.perf_counter()]
         if side == "pipeline":
 
@@ -69,7 +71,13 @@ def main() -> None:
         "sides trained different trials"
     )
     b, p = min(timings["bare"]), min(timings["pipeline"])
-    print(f"trials per side: {args.trials}, epochs: {args.epochs} (best of 2 rounds each)")
+    rounds = zip(timings["bare"], timings["pipeline"], strict=True)
+    print(
+        f"trials per side: {args.trials}, epochs: {args.epochs} (best of {args.rounds} rounds "
+        "each; every round, bare / pipeline s: "
+        + ", ".join(f"{x:.1f}/{y:.1f}" for x, y in rounds)
+        + ")"
+    )
     print(f"bare Optuna + Keras: {b:.1f} s   pipeline (MLflow tracked): {p:.1f} s")
     print(f"tracking overhead ratio: {p / b:.3f}x")
 
