@@ -1,28 +1,39 @@
 """Tracking overhead: the pipeline's search (every trial a nested MLflow run with params,
 per-epoch metrics and weights) vs a bare Optuna + Keras loop training the very same trials
-with no logging. Both sides run in this process, on the same prepared data and seeds, after
-a shared warm-up; the sides alternate `--rounds` times each (against drift) and each side's
-best round counts; prints seconds per side and the ratio (DESIGN.md target <= 1.05x).
+with no logging (DESIGN.md target <= 1.05x).
 
-    python bench/overhead.py [--trials 10] [--epochs 20] [--rounds 2]
+Both sides run in this process, on the same prepared data and seeds, after a shared warm-up,
+in lockstep: trial i of the bare loop, then trial i of the pipeline's study (the next pair in
+the other order), each timed on its own. A slow stretch of the machine (another process, a
+frequency change) then lands on both sides alike instead of on whichever side ran during it;
+timing whole searches one after the other swung ±15 % a round, more than the overhead itself.
+Each round opens two fresh studies; it prints each round's seconds per side and its ratio,
+then min / median / max over rounds.
+
+    python bench/overhead.py [--trials 8] [--epochs 20] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import statistics
+import tempfile
 import time
 from pathlib import Path
 
 from _common import tracked_search
 
 from pipeline import config, model, search, stages
+from pipeline.study import TrackedStudy
+from pipeline.tracking import Tracker
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--trials", type=int, default=10)
+    ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=2, help="runs of each side, alternating")
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     repo = Path(__file__).resolve().parent.parent
     params = config.load(
@@ -36,50 +47,77 @@ def main() -> None:
     # whose first trial comes after the tracker): both sides then collect the same heap.
     tracked_search(params, prep, 1, name="warm-up")
 
-    def bare(side: str) -> search.SearchStudy:
-        """The same trials through the same Optuna layer, with no MLflow at all."""
-        study = search.open_study(
-            side,
+    ratios: list[float] = []
+    totals = {"bare": 0.0, "pipeline": 0.0}
+    for r in range(args.rounds):
+        seconds = one_round(r, params, prep, args.trials, args.epochs)
+        ratios.append(seconds["pipeline"] / seconds["bare"])
+        totals = {side: totals[side] + seconds[side] for side in totals}
+        print(
+            f"round {r + 1}: bare {seconds['bare']:.2f} s, pipeline {seconds['pipeline']:.2f} s"
+            f" -> {ratios[-1]:.3f}x",
+            flush=True,
+        )
+    print(f"trials per round: {args.trials}, epochs: {args.epochs}, rounds: {args.rounds}")
+    print(
+        f"all rounds: bare Optuna + Keras: {totals['bare']:.1f} s   "
+        f"pipeline (MLflow tracked): {totals['pipeline']:.1f} s"
+    )
+    print(
+        "tracking overhead ratio (min / median / max over rounds): "
+        f"{min(ratios):.3f} / {statistics.median(ratios):.3f} / {max(ratios):.3f}x"
+    )
+
+
+def one_round(
+    r: int, params: config.Params, prep: stages.Prepared, trials: int, epochs: int
+) -> dict[str, float]:
+    """Two fresh studies, bare and tracked, stepped in lockstep; seconds per side."""
+    with tempfile.TemporaryDirectory() as tmp:
+        bare = search.open_study(
+            f"bare-{r}",
             search.memory_storage(),
             params.search,
             seed=params.seed,
-            max_epochs=args.epochs,
+            max_epochs=epochs,
             configured=config.flatten(params),  # the same baseline trial 0 as the pipeline's
         )
-        while (trial := study.ask(args.trials)) is not None:
-            result = stages.fit(config.with_values(params, trial.values), prep, seed=params.seed)
-            study.tell_complete(trial, stages.score(result, prep, "val")[params.search.metric])
-            model.release()
-        return study
-
-    timings: dict[str, list] = {}
-    for side in ("bare", "pipeline") * args.rounds:  # interleaved against drift
-        started = [time.perf_counter()]
-        if side == "pipeline":
-
-            def ready(clock: list[float] = started) -> None:
-                clock[0] = time.perf_counter()  # after the store is set up
-
-            study = tracked_search(params, prep, args.trials, name=side, on_ready=ready)
-        else:
-            study = bare(side)
-        timings.setdefault(side, []).append(time.perf_counter() - started[0])
-        timings.setdefault(f"{side}_values", []).append(
-            [v for _, v in sorted(study.values().items())]
+        tracker = Tracker(f"sqlite:///{tmp}/mlflow.db", "bench")
+        tracked = TrackedStudy.open(
+            params,
+            prep,
+            tracker,
+            name=f"pipeline-{r}",
+            storage=search.memory_storage(),
+            storage_display="memory",
         )
-    assert timings["bare_values"][0] == timings["pipeline_values"][0], (
-        "sides trained different trials"
-    )
-    b, p = min(timings["bare"]), min(timings["pipeline"])
-    rounds = zip(timings["bare"], timings["pipeline"], strict=True)
-    print(
-        f"trials per side: {args.trials}, epochs: {args.epochs} (best of {args.rounds} rounds "
-        "each; every round, bare / pipeline s: "
-        + ", ".join(f"{x:.1f}/{y:.1f}" for x, y in rounds)
-        + ")"
-    )
-    print(f"bare Optuna + Keras: {b:.1f} s   pipeline (MLflow tracked): {p:.1f} s")
-    print(f"tracking overhead ratio: {p / b:.3f}x")
+        # What a CLI worker's first trial end freezes (model.release) is its tracker and
+        # study; here they were made after that, so freeze them likewise: otherwise every
+        # collection of either side walks them, which no CLI worker does.
+        gc.collect()
+        gc.freeze()
+
+        def bare_trial() -> None:
+            trial = bare.ask(trials)
+            assert trial is not None
+            result = stages.fit(config.with_values(params, trial.values), prep, seed=params.seed)
+            bare.tell_complete(trial, stages.score(result, prep, "val")[params.search.metric])
+            model.release()
+
+        def pipeline_trial() -> None:
+            assert tracked.run_trials(max_trials=1) == 1
+
+        seconds = {"bare": 0.0, "pipeline": 0.0}
+        with tracker.run("study", resume_id=tracked.parent_id):
+            for i in range(trials):
+                pair = [("bare", bare_trial), ("pipeline", pipeline_trial)]
+                for side, step in pair if i % 2 == 0 else pair[::-1]:
+                    started = time.perf_counter()
+                    step()
+                    seconds[side] += time.perf_counter() - started
+    values = [[v for _, v in sorted(s.values().items())] for s in (bare, tracked.study)]
+    assert values[0] == values[1], "the sides trained different trials"
+    return seconds
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 PG = os.environ.get(
     "PIPELINE_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -56,6 +57,10 @@ class NullTracker:
     def run(self, name: str, **kw: object) -> Iterator[str]:
         yield str(kw.get("resume_id") or self.create_run(name))
 
+    @contextlib.contextmanager
+    def live_metrics(self, run_id: str) -> Iterator[SimpleNamespace]:
+        yield SimpleNamespace(run_id=run_id, final_tags={})  # what run_trial touches
+
     def exists(self, run_id: str | None) -> bool:
         return bool(run_id)
 
@@ -72,7 +77,7 @@ class NullTracker:
 def worker(a: argparse.Namespace) -> None:
     from pipeline import config, search, stages
     from pipeline.study import TrackedStudy, Trained
-    from pipeline.tracking import Tracker
+    from pipeline.tracking import LiveMetrics, Tracker
 
     params = config.validate(
         config.apply_overrides(
@@ -94,7 +99,7 @@ def worker(a: argparse.Namespace) -> None:
     )
     prep = stages.prepare(params)
 
-    def stub(p: config.Params, run_id: str, on_epoch: object) -> Trained:
+    def stub(p: config.Params, live: LiveMetrics, on_epoch: object) -> Trained:
         return Trained({"val_accuracy": 1.0 - p.model.dropout}, 1, False)
 
     times: list[tuple[int, float]] = []

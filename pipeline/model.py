@@ -565,9 +565,26 @@ def count_params(model: Any) -> int:
 
 
 def save(model: Any, path: str | Path) -> Path:
-    """Save in the Keras v3 format (no pickle, no Lambda layers)."""
+    """Save in the Keras v3 format (no pickle, no Lambda layers), without the optimizer.
+
+    Every saved model here is loaded to predict (`load`: compile=False), never to go on
+    training, and the optimizer's state would be most of the file: Adam keeps two slots per
+    weight (default preset: 1.05 MB with it, 0.36 MB without) and saving it takes ~40 % of
+    the save's time, paid once per trial. Keras 3 has no `include_optimizer` for this format,
+    so the model is saved with its optimizer detached for the moment of the save. (Loaded
+    with compile=True, such a file gets a fresh optimizer; Keras warns that it has no saved
+    state for it.)
+    """
     path = Path(path)
-    model.save(path)
+    optimizer = getattr(model, "optimizer", None)  # a loaded (uncompiled) model has none
+    if optimizer is None:
+        model.save(path)
+        return path
+    model.optimizer = None
+    try:
+        model.save(path)
+    finally:
+        model.optimizer = optimizer
     return path
 
 

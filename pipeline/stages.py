@@ -255,8 +255,7 @@ def _train(
 
 
 def train_logged(
-    tracker: Tracker,
-    run_id: str,
+    live: LiveMetrics,
     params: config.Params,
     prep: Prepared,
     *,
@@ -264,19 +263,16 @@ def train_logged(
     on_epoch: EpochHook | None = None,
 ) -> tuple[TrainResult, dict[str, float]]:
     """Fit into an open run, its per-epoch metrics reaching the run while it trains (live
-    curves; see Tracker.live_metrics), then record it as `log_training` does, in the same
-    batch as the last epochs; returns the result and its final validation metrics. Every
-    epoch is in the store when this returns, so a caller may write the run's result next.
-    `on_epoch` (pruning) sees each epoch after it has been buffered."""
+    curves; see Tracker.live_metrics), then buffer what `log_training` records, to be written
+    with the last epochs when the caller's `live` block ends; returns the result and its final
+    validation metrics. `on_epoch` (pruning) sees each epoch after it has been buffered."""
 
-    with tracker.live_metrics(run_id) as live:
+    def hook(epoch: int, logs: dict[str, float]) -> bool:
+        live.log(epoch, logs)
+        return on_epoch is not None and on_epoch(epoch, logs)
 
-        def hook(epoch: int, logs: dict[str, float]) -> bool:
-            live.log(epoch, logs)
-            return on_epoch is not None and on_epoch(epoch, logs)
-
-        result = fit(params, prep, seed=seed, on_epoch=hook)
-        return result, _record_training(live, result, prep)
+    result = fit(params, prep, seed=seed, on_epoch=hook)
+    return result, _record_training(live, result, prep)
 
 
 def fit_fold(params: config.Params, prep: Prepared, i: int, *, seed: int) -> TrainResult:

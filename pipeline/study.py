@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from pipeline.model import EpochHook, TrainResult
     from pipeline.stages import Prepared
-    from pipeline.tracking import Tracker
+    from pipeline.tracking import LiveMetrics, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -67,25 +67,29 @@ class Trained:
 class Trainer(Protocol):
     """Trains one trial's params into its (already open) run and logs what it made.
 
-    The default trains the Keras model (`keras_trainer`); benches and tests pass a stub that
-    trains nothing, so the real search layer can be measured and broken on purpose.
+    `live` is the run's metrics buffer (`live.run_id` the run): what the trainer adds to it
+    is written with the trial's result, in one write after the trainer returns; anything else
+    (artifacts) it writes itself, before returning. The default trains the Keras model
+    (`keras_trainer`); benches and tests pass a stub that trains nothing, so the real search
+    layer can be measured and broken on purpose.
     """
 
-    def __call__(self, params: config.Params, run_id: str, on_epoch: EpochHook) -> Trained: ...
+    def __call__(
+        self, params: config.Params, live: LiveMetrics, on_epoch: EpochHook
+    ) -> Trained: ...
 
 
 def keras_trainer(prep: Prepared, tracker: Tracker, *, seed: int) -> Trainer:
-    """Fit with live per-epoch curves, then log final validation metrics and the weights of
-    the trial's model (all of it in the store before the trial's result is written)."""
+    """Fit with live per-epoch curves and log the weights of the trial's model; its last
+    epochs and final validation metrics are left in `live`, for the write that records the
+    trial's result (so the weights are in the store before it, and the epochs with it)."""
 
-    def train(params: config.Params, run_id: str, on_epoch: EpochHook) -> Trained:
+    def train(params: config.Params, live: LiveMetrics, on_epoch: EpochHook) -> Trained:
         from pipeline import model
 
         try:
-            result, metrics = stages.train_logged(
-                tracker, run_id, params, prep, seed=seed, on_epoch=on_epoch
-            )
-            stages.log_weights(tracker, run_id, result)
+            result, metrics = stages.train_logged(live, params, prep, seed=seed, on_epoch=on_epoch)
+            stages.log_weights(tracker, live.run_id, result)
             return Trained(metrics, result.epochs_run, result.stopped_by == "hook")
         finally:
             model.release()
@@ -109,9 +113,10 @@ def cv_trainer(prep: Prepared, tracker: Tracker, *, seed: int) -> Trainer:
     if folds is None:
         raise ValueError("cv_trainer needs cross-validation folds (split.folds >= 2)")
 
-    def train(params: config.Params, run_id: str, on_epoch: EpochHook) -> Trained:
+    def train(params: config.Params, live: LiveMetrics, on_epoch: EpochHook) -> Trained:
         from pipeline import model
 
+        run_id = live.run_id
         metric = params.search.metrics[0]  # the one that prunes (the first, if several)
         scores: list[dict[str, float]] = []
         best_epochs: list[int] = []
@@ -126,10 +131,10 @@ def cv_trainer(prep: Prepared, tracker: Tracker, *, seed: int) -> Trainer:
             seconds += result.seconds
             running = sum(s[metric] for s in scores) / len(scores)
             if i < folds.k - 1 and on_epoch(i, {metric: running}):
-                tracker.log_metrics(run_id, {"train_seconds": seconds})
+                live.add(0, {"train_seconds": seconds})
                 return Trained({metric: running}, result.epochs_run, True, folds_run=i + 1)
         means = stages.log_cv(tracker, run_id, scores, best_epochs)
-        tracker.log_metrics(run_id, {"train_seconds": seconds})
+        live.add(0, {"train_seconds": seconds})
         return Trained(means, stages.refit_epochs(best_epochs), False, folds_run=folds.k)
 
     return train
@@ -434,24 +439,26 @@ class TrackedStudy:
                 trial.remember(search.RUN_ATTR, run_id)
                 self.tracker.log_params(run_id, config.flatten(trial_params))
                 try:
-                    trained = self.trainer(trial_params, run_id, hook)
-                    if trained.pruned:
-                        state, value = "PRUNED", None
-                        extra = (
-                            {"pruned_after_fold": str(trained.folds_run)}
-                            if trained.folds_run
-                            else {"pruned_at_epoch": str(trained.epochs_run)}
-                        )
-                    else:
-                        values = [float(trained.metrics[m]) for m in metrics]
-                        for m, v in zip(metrics, values, strict=True):
-                            if not math.isfinite(v):  # Optuna would store inf as COMPLETE
-                                raise TrainingDiverged(f"non-finite {m}: {v}")
-                        state, value = "COMPLETE", values[0]
-                        extra = {RESULT_TAG: ",".join(map(repr, values))}
-                    # The result goes on the run first, then into the study, then the run closes:
-                    # a worker dying between any two of these leaves what reconcile() needs.
-                    self.tracker.set_tags(run_id, {STATE_TAG: state, **extra})
+                    with self.tracker.live_metrics(run_id) as live:
+                        trained = self.trainer(trial_params, live, hook)
+                        if trained.pruned:
+                            state, value = "PRUNED", None
+                            extra = (
+                                {"pruned_after_fold": str(trained.folds_run)}
+                                if trained.folds_run
+                                else {"pruned_at_epoch": str(trained.epochs_run)}
+                            )
+                        else:
+                            values = [float(trained.metrics[m]) for m in metrics]
+                            for m, v in zip(metrics, values, strict=True):
+                                if not math.isfinite(v):  # Optuna would store inf as COMPLETE
+                                    raise TrainingDiverged(f"non-finite {m}: {v}")
+                            state, value = "COMPLETE", values[0]
+                            extra = {RESULT_TAG: ",".join(map(repr, values))}
+                        # The result goes on the run first (with the last epochs, after them),
+                        # then into the study, then the run closes: a worker dying between
+                        # any two of these leaves what reconcile() needs.
+                        live.final_tags.update({STATE_TAG: state, **extra})
                     if value is None:
                         self.study.tell_pruned(trial)
                     else:

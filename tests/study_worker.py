@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pipeline import config, search, stages
 from pipeline.study import TrackedStudy, Trained
-from pipeline.tracking import Tracker
+from pipeline.tracking import LiveMetrics, Tracker
 
 SPACE = (
     "search.space={model.activation: {choices: [relu, tanh, elu]}, "
@@ -72,13 +72,14 @@ def main() -> None:
     trained_log = a.workdir / "trained.jsonl"
     calls = {"fit": 0, "tell": 0}
 
-    def trainer(p: config.Params, run_id: str, on_epoch) -> Trained:  # noqa: ANN001
+    def trainer(p: config.Params, live: LiveMetrics, on_epoch) -> Trained:  # noqa: ANN001
         calls["fit"] += 1
         second = calls["fit"] == 2
         if second and a.kill_at == "before_fit":
             die()
         with trained_log.open("a") as f:
-            f.write(json.dumps({"run": run_id, "pid": os.getpid(), "dropout": p.model.dropout}))
+            row = {"run": live.run_id, "pid": os.getpid(), "dropout": p.model.dropout}
+            f.write(json.dumps(row))
             f.write("\n")
         if a.pause_at and calls["fit"] == int(a.pause_at[0]):
             folder = Path(a.pause_at[1])

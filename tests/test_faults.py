@@ -352,7 +352,7 @@ def stub_trainer(outcomes: list) -> object:
     def factory(prep, tracker, *, seed):  # noqa: ANN001, ANN202 - keras_trainer's signature
         keras = real(prep, tracker, seed=seed)
 
-        def train(params, run_id, on_epoch):  # noqa: ANN001, ANN202
+        def train(params, live, on_epoch):  # noqa: ANN001, ANN202
             i = calls["n"]
             calls["n"] += 1
             outcome = outcomes[i] if i < len(outcomes) else 0.9
@@ -360,7 +360,7 @@ def stub_trainer(outcomes: list) -> object:
             if isinstance(outcome, BaseException):
                 raise outcome
             if math.isfinite(outcome):  # a real model on the run: the champion is a trial's
-                keras(params, run_id, lambda epoch, logs: False)
+                keras(params, live, lambda epoch, logs: False)
             return Trained({"val_accuracy": outcome, "val_loss": 1 - outcome}, 1, False)
 
         return train

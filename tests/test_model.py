@@ -1,4 +1,6 @@
+import io
 import math
+import zipfile
 
 import numpy as np
 import pytest
@@ -269,13 +271,33 @@ def test_regression_metrics():
 def test_save_and_load_in_safe_mode(tmp_path):
     splits = blobs()
     net = fit(splits).model
+    optimizer = net.optimizer
     path = model.save(net, tmp_path / "m.keras")
+    assert net.optimizer is optimizer  # detached only while saving
     again = model.load(path)
     np.testing.assert_allclose(
         model.predict_scores(again, splits.X_test),
         model.predict_scores(net, splits.X_test),
         rtol=1e-6,
     )
+
+
+def test_a_saved_model_holds_its_weights_but_not_its_optimizers_state(tmp_path):
+    """The optimizer's slots (Adam: two per weight) are most of a .keras file and of its save
+    time, and nothing loads a saved model to go on training."""
+    import h5py
+
+    net = fit(blobs()).model
+    assert net.optimizer.variables  # trained: the optimizer has state to leave out
+    with zipfile.ZipFile(model.save(net, tmp_path / "m.keras")) as z:
+        weights = h5py.File(io.BytesIO(z.read("model.weights.h5")))
+        stored: list[str] = []
+        weights.visit(stored.append)
+    assert any(name.startswith("layers/") for name in stored)
+    assert not [name for name in stored if name.startswith("optimizer/vars/")]
+    loaded = model.load(tmp_path / "m.keras")  # as the champion is made: saved once more
+    model.save(loaded, tmp_path / "again.keras")
+    assert zipfile.is_zipfile(tmp_path / "again.keras")
 
 
 def test_the_prepared_tf_data_input_trains_exactly_like_the_arrays():

@@ -11,7 +11,7 @@ from study_worker import study_params
 
 from pipeline import config, run, search, stages
 from pipeline.study import STUDY_PAGE, TrackedStudy, Trained
-from pipeline.tracking import Tracker
+from pipeline.tracking import LiveMetrics, Tracker
 
 FIGURES = (
     "optimization history",
@@ -33,7 +33,7 @@ SPACE_FLAGS = [
 ]
 
 
-def stub_trainer(p: config.Params, run_id: str, on_epoch) -> Trained:  # noqa: ANN001
+def stub_trainer(p: config.Params, live: LiveMetrics, on_epoch) -> Trained:  # noqa: ANN001
     value = 1.0 - p.model.dropout + {"relu": 0.02, "tanh": 0.01}.get(p.model.activation, 0)
     for epoch in range(3):
         on_epoch(epoch, {"val_accuracy": value * (epoch + 1) / 3})

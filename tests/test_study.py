@@ -254,7 +254,7 @@ def test_ctrl_c_is_not_masked_when_recording_the_trial_fails(workdir, monkeypatc
     params = study_params(workdir, N_TRIALS)
     prep = stages.prepare(params)
 
-    def interrupted(p, run_id, on_epoch):  # noqa: ANN001, ANN202
+    def interrupted(p, live, on_epoch):  # noqa: ANN001, ANN202
         raise KeyboardInterrupt
 
     def broken_store(self, trial, reason):  # noqa: ANN001, ANN202
@@ -305,18 +305,18 @@ def test_a_trials_curves_reach_the_store_while_it_trains_and_end_complete(workdi
     def steps(run_id: str, key: str) -> list[int]:
         return sorted(m.step for m in tracker.client.get_metric_history(run_id, key))
 
-    def trainer(p, run_id, on_epoch):  # noqa: ANN001, ANN202
+    def trainer(p, live, on_epoch):  # noqa: ANN001, ANN202
         def hook(epoch: int, logs: dict[str, float]) -> bool:
             if epoch == epochs - 1:  # still inside fit: wait (bounded) for the earlier epochs
                 deadline = time.monotonic() + 30
                 while time.monotonic() < deadline:
-                    seen_live[:] = [steps(run_id, "val_loss"), steps(run_id, "lr")]
+                    seen_live[:] = [steps(live.run_id, "val_loss"), steps(live.run_id, "lr")]
                     if seen_live[0][:epoch] == list(range(epoch)):
                         break
                     time.sleep(0.05)
             return on_epoch(epoch, logs)
 
-        return keras_trainer(prep, tracker, seed=0)(p, run_id, hook)
+        return keras_trainer(prep, tracker, seed=0)(p, live, hook)
 
     tracked = TrackedStudy.open(
         params,

@@ -93,6 +93,37 @@ def test_dataset_input_digests_every_row_though_mlflow_sees_a_sample(workdir, mo
     assert [c["name"] for c in schema] == ["a", "b", "c", "d", "label"]
 
 
+def test_a_runs_final_tags_go_in_its_last_metrics_write_and_not_when_the_block_fails(tmp_path):
+    """A trial's result tag shares one write with its last epochs (one round-trip), lands
+    after them, and a block that raises writes its curves but no result."""
+    tracker = tracking.Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "final")
+    calls: list[dict] = []
+    real = tracker.client.log_batch
+
+    def counted(run_id: str, **batch: list) -> None:
+        calls.append({k: len(v) for k, v in batch.items()})
+        real(run_id, **batch)
+
+    tracker.client.log_batch = counted
+    done = tracker.create_run("done")
+    with tracker.live_metrics(done) as live:
+        live.add_history({"loss": [1.0, 0.5]})
+        live.final_tags["pipeline.objective"] = "0.5"
+    assert calls == [{"metrics": 2, "tags": 1}]
+    run = tracker.client.get_run(done)
+    assert run.data.tags["pipeline.objective"] == "0.5" and run.data.metrics["loss"] == 0.5
+
+    calls.clear()
+    failed = tracker.create_run("failed")
+    with pytest.raises(RuntimeError), tracker.live_metrics(failed) as live:
+        live.add(0, {"loss": 1.0})
+        live.final_tags["pipeline.objective"] = "1.0"
+        raise RuntimeError("after the result was buffered")
+    run = tracker.client.get_run(failed)
+    assert run.data.metrics == {"loss": 1.0} and "pipeline.objective" not in run.data.tags
+    assert calls == [{"metrics": 1, "tags": 0}]
+
+
 def test_live_metrics_are_written_on_the_training_thread_and_back_off_on_a_slow_store(
     monkeypatch,
 ):
@@ -116,7 +147,7 @@ def test_live_metrics_are_written_on_the_training_thread_and_back_off_on_a_slow_
         live.log(epoch, {"loss": 1.0, "val_loss": 2.0})
         clock[0] += 0.1  # a 100 ms epoch
     live.flush()
-    assert all(options == {} for _, _, options in writes), "a write was asynchronous"
+    assert all("synchronous" not in options for _, _, options in writes), "a write was async"
     assert sum(n for _, n, _ in writes) == 600, "an epoch was lost or written twice"
     starts = [t for t, _, _ in writes[:-1]]  # the last one is the final flush
     assert starts[0] >= 2.0 and len(starts) >= 3

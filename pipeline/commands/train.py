@@ -31,7 +31,8 @@ def main(args: argparse.Namespace) -> int:
     with tracker.run("train", tags={"pipeline.kind": "train"}) as run_id:
         tracker.log_params(run_id, config.flatten(params))
         stages.log_dataset(tracker, run_id, params, prep)
-        result, val = stages.train_logged(tracker, run_id, params, prep, seed=params.seed)
+        with tracker.live_metrics(run_id) as live:
+            result, val = stages.train_logged(live, params, prep, seed=params.seed)
         made = stages.log_champion(tracker, run_id, params, prep, result, register_as=None)
     rows = [{"metric": k, "value": v} for k, v in {**val, **made.test}.items()]
     print(report.table(rows, ["metric", "value"]))
