@@ -59,7 +59,7 @@ class NullTracker:
 
     @contextlib.contextmanager
     def live_metrics(self, run_id: str) -> Iterator[SimpleNamespace]:
-        yield SimpleNamespace(run_id=run_id, final_tags={})  # what run_trial touches
+        yield SimpleNamespace(run_id=run_id, final_tags={}, add_params=lambda params: None)
 
     def exists(self, run_id: str | None) -> bool:
         return bool(run_id)

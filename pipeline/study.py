@@ -437,9 +437,9 @@ class TrackedStudy:
                 failure_tags={STATE_TAG: "FAIL"},  # issue 8: with the FAILED end, in one write
             ) as run_id:
                 trial.remember(search.RUN_ATTR, run_id)
-                self.tracker.log_params(run_id, config.flatten(trial_params))
                 try:
                     with self.tracker.live_metrics(run_id) as live:
+                        live.add_params(config.flatten(trial_params))  # with the first epochs
                         trained = self.trainer(trial_params, live, hook)
                         if trained.pruned:
                             state, value = "PRUNED", None

@@ -39,6 +39,9 @@ PARENT_TAG = "mlflow.parentRunId"
 WORKER_TAG = "pipeline.worker"  # host:pid of the process that created the run
 _VERSIONED = ("tensorflow", "keras", "mlflow", "optuna", "pandas", "scikit-learn", "numpy")
 _MAX_PARAM_LEN = 6000
+# What one MLflow log_batch may carry: params and tags, each; and entities of all kinds.
+_MAX_BATCH_PARAMS = 100
+_MAX_BATCH_ENTITIES = 1000
 # While a run trains, its per-epoch metrics reach the store at most this often (seconds): live
 # curves in the UI for a long trial, and no store round-trip per epoch for a short one.
 LIVE_SECONDS = 2.0
@@ -478,11 +481,9 @@ class Tracker:
         self.client.log_batch(run_id, tags=_run_tags(tags))
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, mask_secret(_param_text(v))) for k, v in sorted(params.items())]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i : i + 100])
+        items = _run_params(params)
+        for i in range(0, len(items), _MAX_BATCH_PARAMS):
+            self.client.log_batch(run_id, params=items[i : i + _MAX_BATCH_PARAMS])
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         from mlflow.entities import Metric
@@ -638,10 +639,12 @@ class LiveMetrics:
     than `every` writes once, at the end. `add` only buffers; `flush` writes the rest: after
     it the store holds every metric logged here, exactly once per (key, step).
 
-    `final_tags` (a trial's result and state) go into the last write, after its metrics (the
-    store applies a batch's metrics before its tags, and stops at the first failure): a run
-    whose result tag is in the store holds every epoch too, and a trial's end costs one
-    round-trip instead of two.
+    `add_params` params go into the first write (a trial's params reach its run with its first
+    epochs: within `every` seconds of its start, or at its end if it is shorter), and
+    `final_tags` (a trial's result and state) into the last, after its metrics (the store
+    applies a batch's params, then metrics, then tags, and stops at the first failure): a run
+    whose result tag is in the store holds every epoch too. A short trial's params, curves and
+    result are then one round-trip instead of three.
 
     The writes are synchronous, on the training thread, not on MLflow's async logging thread:
     MLflow 3.17 ends a run (`set_terminated`) by joining that thread, which polls its queue
@@ -655,6 +658,7 @@ class LiveMetrics:
         self._every = every
         self._wait = every  # seconds from the last write to the next one
         self._pending: list[Any] = []  # mlflow Metric entities not written yet
+        self._params: list[Any] = []  # mlflow Param entities not written yet
         self._last = time.monotonic()
         self.logged: set[tuple[str, int]] = set()  # (key, step) of every metric logged here
         self.final_tags: dict[str, str] = {}  # written by the last flush, after its metrics
@@ -673,6 +677,10 @@ class LiveMetrics:
                 self.logged.add((key, step))
                 self._pending.append(Metric(key, float(value), now, step))
 
+    def add_params(self, params: Mapping[str, Any]) -> None:
+        """Buffer the run's params (as `Tracker.log_params` writes them) for the next write."""
+        self._params.extend(_run_params(params))
+
     def add_history(self, history: Mapping[str, list[float]]) -> None:
         """Buffer per-epoch curves, each value at step = its epoch (index)."""
         for key, values in history.items():
@@ -686,18 +694,24 @@ class LiveMetrics:
             self.flush()
 
     def flush(self) -> None:
-        """Write what is buffered (one round-trip per 1000 metrics, MLflow's batch limit), with
-        `final_tags` in the last round-trip."""
-        batch, self._pending = self._pending, []
+        """Write what is buffered in as few round-trips as MLflow's batch limits allow: params
+        first, `final_tags` in the last round-trip."""
+        metrics, self._pending = self._pending, []
+        params, self._params = self._params, []
         tags, self.final_tags = _run_tags(self.final_tags), {}
         started = time.monotonic()
-        chunks = [batch[i : i + 1000] for i in range(0, len(batch), 1000)] or [[]]
-        for i, chunk in enumerate(chunks):
-            last = i == len(chunks) - 1
-            if chunk or (last and tags):
+        while True:
+            batch_params, params = params[:_MAX_BATCH_PARAMS], params[_MAX_BATCH_PARAMS:]
+            room = _MAX_BATCH_ENTITIES - len(batch_params) - len(tags)
+            batch_metrics, metrics = metrics[:room], metrics[room:]
+            last = not params and not metrics
+            batch_tags = tags if last else []
+            if batch_params or batch_metrics or batch_tags:
                 self._tracker.client.log_batch(
-                    self._run_id, metrics=chunk, tags=tags if last else []
+                    self._run_id, metrics=batch_metrics, params=batch_params, tags=batch_tags
                 )
+            if last:
+                break
         self._last = time.monotonic()
         if self._every > 0:  # 0: every epoch, however long writing takes (tests)
             self._wait = max(self._every, WRITE_SHARE_FACTOR * (self._last - started))
@@ -709,6 +723,13 @@ def _run_tags(tags: Mapping[str, Any]) -> list[Any]:
     from mlflow.entities import RunTag
 
     return [RunTag(k, mask_secret(str(v))) for k, v in tags.items()]
+
+
+def _run_params(params: Mapping[str, Any]) -> list[Any]:
+    """Params as MLflow entities, sorted by key, each value as text (lists as JSON), masked."""
+    from mlflow.entities import Param
+
+    return [Param(k, mask_secret(_param_text(v))) for k, v in sorted(params.items())]
 
 
 def _param_text(value: Any) -> str:

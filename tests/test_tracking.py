@@ -93,9 +93,10 @@ def test_dataset_input_digests_every_row_though_mlflow_sees_a_sample(workdir, mo
     assert [c["name"] for c in schema] == ["a", "b", "c", "d", "label"]
 
 
-def test_a_runs_final_tags_go_in_its_last_metrics_write_and_not_when_the_block_fails(tmp_path):
-    """A trial's result tag shares one write with its last epochs (one round-trip), lands
-    after them, and a block that raises writes its curves but no result."""
+def test_a_runs_params_curves_and_result_are_one_write_and_no_result_when_it_fails(tmp_path):
+    """A short trial's params, epochs and result tag share one write (one round-trip), the
+    result landing after the epochs; a block that raises writes its params and curves but no
+    result."""
     tracker = tracking.Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "final")
     calls: list[dict] = []
     real = tracker.client.log_batch
@@ -107,21 +108,48 @@ def test_a_runs_final_tags_go_in_its_last_metrics_write_and_not_when_the_block_f
     tracker.client.log_batch = counted
     done = tracker.create_run("done")
     with tracker.live_metrics(done) as live:
+        live.add_params({"model.hidden": [8, 4], "model.dropout": 0.2})
         live.add_history({"loss": [1.0, 0.5]})
         live.final_tags["pipeline.objective"] = "0.5"
-    assert calls == [{"metrics": 2, "tags": 1}]
+    assert calls == [{"metrics": 2, "params": 2, "tags": 1}]
     run = tracker.client.get_run(done)
     assert run.data.tags["pipeline.objective"] == "0.5" and run.data.metrics["loss"] == 0.5
+    assert run.data.params == {"model.hidden": "[8, 4]", "model.dropout": "0.2"}
 
     calls.clear()
     failed = tracker.create_run("failed")
     with pytest.raises(RuntimeError), tracker.live_metrics(failed) as live:
+        live.add_params({"model.dropout": 0.2})
         live.add(0, {"loss": 1.0})
         live.final_tags["pipeline.objective"] = "1.0"
         raise RuntimeError("after the result was buffered")
     run = tracker.client.get_run(failed)
     assert run.data.metrics == {"loss": 1.0} and "pipeline.objective" not in run.data.tags
-    assert calls == [{"metrics": 1, "tags": 0}]
+    assert run.data.params == {"model.dropout": "0.2"}
+    assert calls == [{"metrics": 1, "params": 1, "tags": 0}]
+
+
+def test_a_large_flush_keeps_to_mlflows_batch_limits_and_writes_everything_once():
+    """At most 100 params and 1000 entities per write, the final tags in the last one."""
+    from types import SimpleNamespace
+
+    writes: list[dict[str, list]] = []
+
+    class Store:
+        def log_batch(self, run_id: str, **batch: list) -> None:
+            writes.append(batch)
+
+    live = tracking.LiveMetrics(SimpleNamespace(client=Store()), "run", every=2.0)
+    live.add_params({f"p{i:03d}": i for i in range(150)})
+    live.add_history({"loss": [0.5] * 1900})
+    live.final_tags.update({"optuna.state": "COMPLETE", "pipeline.objective": "0.5"})
+    live.flush()
+    assert all(len(w["params"]) <= 100 for w in writes)
+    assert all(sum(map(len, w.values())) <= 1000 for w in writes)
+    assert sorted(p.key for w in writes for p in w["params"]) == [f"p{i:03d}" for i in range(150)]
+    assert sorted(m.step for w in writes for m in w["metrics"]) == list(range(1900))
+    assert [len(w["tags"]) for w in writes] == [0] * (len(writes) - 1) + [2]
+    assert len(writes) == 3  # 100 + 900, 50 + 950, 50 + 2
 
 
 def test_live_metrics_are_written_on_the_training_thread_and_back_off_on_a_slow_store(
