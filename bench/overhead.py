@@ -7,20 +7,22 @@ in lockstep: trial i of the bare loop, then trial i of the pipeline's study (the
 the other order), each timed on its own. A slow stretch of the machine (another process, a
 frequency change) then lands on both sides alike instead of on whichever side ran during it;
 timing whole searches one after the other swung ±15 % a round, more than the overhead itself.
-Each round opens two fresh studies; it prints each round's seconds per side and its ratio,
-then min / median / max over rounds.
+Each round opens two fresh studies. It prints each round's seconds per side and its ratio,
+then min / median / max over rounds and over single trials (the same trial's seconds on both
+sides: a hiccup of the machine during one trial moves one of these, not the median), and as
+the headline the median over trials.
 
-    python bench/overhead.py [--trials 8] [--epochs 20] [--rounds 3]
+    python bench/overhead.py [--trials 8] [--epochs 20] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import statistics
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 from _common import tracked_search
 
@@ -33,7 +35,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     repo = Path(__file__).resolve().parent.parent
     params = config.load(
@@ -47,32 +49,39 @@ def main() -> None:
     # whose first trial comes after the tracker): both sides then collect the same heap.
     tracked_search(params, prep, 1, name="warm-up")
 
-    ratios: list[float] = []
+    rounds: list[float] = []  # per round: its pipeline seconds / its bare seconds
+    pairs: list[float] = []  # per trial: the same trial's pipeline seconds / bare seconds
     totals = {"bare": 0.0, "pipeline": 0.0}
     for r in range(args.rounds):
         seconds = one_round(r, params, prep, args.trials, args.epochs)
-        ratios.append(seconds["pipeline"] / seconds["bare"])
-        totals = {side: totals[side] + seconds[side] for side in totals}
+        pairs += [p / b for b, p in zip(seconds["bare"], seconds["pipeline"], strict=True)]
+        bare, tracked = sum(seconds["bare"]), sum(seconds["pipeline"])
+        rounds.append(tracked / bare)
+        totals = {"bare": totals["bare"] + bare, "pipeline": totals["pipeline"] + tracked}
         print(
-            f"round {r + 1}: bare {seconds['bare']:.2f} s, pipeline {seconds['pipeline']:.2f} s"
-            f" -> {ratios[-1]:.3f}x",
+            f"round {r + 1}: bare {bare:.2f} s, pipeline {tracked:.2f} s -> {rounds[-1]:.3f}x",
             flush=True,
         )
     print(f"trials per round: {args.trials}, epochs: {args.epochs}, rounds: {args.rounds}")
     print(
         f"all rounds: bare Optuna + Keras: {totals['bare']:.1f} s   "
         f"pipeline (MLflow tracked): {totals['pipeline']:.1f} s"
+        f" -> {totals['pipeline'] / totals['bare']:.3f}x"
     )
-    print(
-        "tracking overhead ratio (min / median / max over rounds): "
-        f"{min(ratios):.3f} / {statistics.median(ratios):.3f} / {max(ratios):.3f}x"
-    )
+    print(f"per round, min / median / max: {spread(rounds)}")
+    print(f"per trial (the same trial on both sides), min / median / max: {spread(pairs)}")
+    print(f"tracking overhead ratio (median over {len(pairs)} trials): {median(pairs):.3f}x")
+
+
+def spread(ratios: list[float]) -> str:
+    return f"{min(ratios):.3f} / {median(ratios):.3f} / {max(ratios):.3f}x"
 
 
 def one_round(
     r: int, params: config.Params, prep: stages.Prepared, trials: int, epochs: int
-) -> dict[str, float]:
-    """Two fresh studies, bare and tracked, stepped in lockstep; seconds per side."""
+) -> dict[str, list[float]]:
+    """Two fresh studies, bare and tracked, stepped in lockstep; each trial's seconds, per
+    side."""
     with tempfile.TemporaryDirectory() as tmp:
         bare = search.open_study(
             f"bare-{r}",
@@ -107,14 +116,14 @@ def one_round(
         def pipeline_trial() -> None:
             assert tracked.run_trials(max_trials=1) == 1
 
-        seconds = {"bare": 0.0, "pipeline": 0.0}
+        seconds: dict[str, list[float]] = {"bare": [], "pipeline": []}
         with tracker.run("study", resume_id=tracked.parent_id):
             for i in range(trials):
                 pair = [("bare", bare_trial), ("pipeline", pipeline_trial)]
                 for side, step in pair if i % 2 == 0 else pair[::-1]:
                     started = time.perf_counter()
                     step()
-                    seconds[side] += time.perf_counter() - started
+                    seconds[side].append(time.perf_counter() - started)
     values = [[v for _, v in sorted(s.values().items())] for s in (bare, tracked.study)]
     assert values[0] == values[1], "the sides trained different trials"
     return seconds
