@@ -21,9 +21,10 @@ What is measured, per seed:
   batch 64, no decay), which Keras Tuner has no counterpart for (its tuners never try the
   `hp` defaults first). `--cli-arg=--set --cli-arg=search.baseline_first=false` (any
   `--cli-arg` goes to the CLI as given) measures the search without that trial.
-- Keras Tuner (RandomSearch, BayesianOptimization, Hyperband): in this process, after a
-  warm-up fit, with TensorFlow's default threads (this script sizes no threads: as shipped);
-  the clock starts when `tuner.search` is called, and each trial's end gives a point.
+- Keras Tuner (RandomSearch, BayesianOptimization, Hyperband): each search in a fresh process
+  of its own (as a user runs one), after a warm-up fit, with TensorFlow's default threads (this
+  script sizes no threads: as shipped); the clock starts when `tuner.search` is called, and
+  each trial's end gives a point.
 
 Both sides are scored by one rule: the val_accuracy of the model a trial ends with (early
 stopping's restored epoch; Keras Tuner's own objective, the highest val_accuracy of any epoch,
@@ -50,10 +51,12 @@ mostly by which side's draws happened to score a row or two higher.)
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,21 +236,15 @@ def one_seed(
     each tuner's best by its own objective (highest val_accuracy of any epoch), the CLI run,
     and with `open_budget` a second CLI run with no trial cap, stopped (--timeout) when the
     slowest tuner's whole search time is used."""
-    params = config.load(
-        repo / "params" / "default.yaml", [f"train.epochs={epochs}"], extra={"seed": seed}
-    )
     cli = pipeline_side(repo, seed, trials, epochs, workers, cli_args)
     results = {OURS: cli.points}
-    prep = stages.prepare(params)
-    stages.fit(params, prep, seed=params.seed)  # warm-up for Keras Tuner (TensorFlow's defaults)
-    n = len(prep.scaled.y_train)
-    steps = {b: -(-n // b) for b in params.search.space["train.batch_size"]["choices"]}
     own: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, tuner in tuners(Space(params, steps), trials, epochs, seed, tmp, names).items():
-            objective: list[float] = []
-            results[name] = tuner_side(tuner, prep, epochs, objective)
-            own[name] = objective[-1]
+    spawn = multiprocessing.get_context("spawn")
+    for name in names:  # each search in a fresh process, as a user runs one
+        with ProcessPoolExecutor(1, mp_context=spawn) as child:
+            results[name], own[name] = child.submit(
+                tuner_process, repo, name, seed, trials, epochs
+            ).result()
     unbounded = None
     if open_budget:
         longest = max(results[name][-1][0] for name in names)
@@ -258,6 +255,29 @@ def one_seed(
 
 
 OURS = "pipeline"
+
+
+def tuner_process(
+    repo: Path, name: str, seed: int, trials: int, epochs: int
+) -> tuple[list[tuple[float, float]], float]:
+    """One Keras Tuner search, run in a process of its own: its (seconds, best-so-far) points
+    and its best by its own objective. A process per search, because in one process Keras
+    Tuner slowed from search to search (Hyperband 223 s for seed 0, 705 s for seed 4; most
+    likely the growth the pipeline's model.release removes: TensorFlow's custom-gradient
+    registry keeping every traced train step alive, tensorflow#97697; not measured for Keras
+    Tuner), so later seeds measured that, not the tuner."""
+    params = config.load(
+        repo / "params" / "default.yaml", [f"train.epochs={epochs}"], extra={"seed": seed}
+    )
+    prep = stages.prepare(params)
+    stages.fit(params, prep, seed=params.seed)  # warm-up for Keras Tuner (TensorFlow's defaults)
+    n = len(prep.scaled.y_train)
+    steps = {b: -(-n // b) for b in params.search.space["train.batch_size"]["choices"]}
+    objective: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        (tuner,) = tuners(Space(params, steps), trials, epochs, seed, tmp, [name]).values()
+        points = tuner_side(tuner, prep, epochs, objective)
+    return points, objective[-1]
 
 
 def spread(values: list[float], fmt: str = "{:.2f}") -> str:
@@ -349,8 +369,9 @@ def main() -> None:
     print(
         f"\n{a.seeds} seeds, {a.trials} trials of up to {a.epochs} epochs each; pipeline = the "
         f"CLI with --workers {a.workers}{''.join(' ' + x for x in a.cli_arg)} (clock from its "
-        "first trial's start; trial 0 the preset's values unless turned off), Keras Tuner in "
-        "this process after a warm-up fit, TensorFlow default threads (min / median / max)"
+        "first trial's start; trial 0 the preset's values unless turned off), each Keras "
+        "Tuner search in a process of its own after a warm-up fit, TensorFlow default threads "
+        "(min / median / max)"
     )
     table(
         "time to the same best val_accuracy: ratio",
