@@ -10,8 +10,9 @@ Read top to bottom, this module is the search engine:
 3. `run_trials` asks for trials until `n_trials` have finished in the whole study. Each trial's
    protocol is ordered so that a worker may die at any instant and `reconcile` still agrees
    with the store: the run is created before `fit`; per-epoch metrics reach it while it trains
-   and are all written before training returns; then the result is written on the run, then
-   told to Optuna, then the run is closed.
+   (the params with the first of them); the weights are written once training returns; then
+   the last epochs and the result, in one write (the result after the epochs); then the result
+   is told to Optuna; then the run is closed.
 4. `finish` is done once, by the last worker standing, under the study lock: the parent's
    artifacts, then the champion (the best trial's own model, tested once, registered).
    A champion already made for the same best trial is reported, never made twice.
