@@ -205,20 +205,16 @@ def best_at(points: list[tuple[float, float]], seconds: float) -> float:
 TUNERS = ("RandomSearch", "BayesianOptimization", "Hyperband")
 
 
-def tuners(
-    hm: Space, trials: int, epochs: int, seed: int, tmp: str, names: list[str]
-) -> dict[str, kt.Tuner]:
+def make_tuner(hm: Space, name: str, trials: int, epochs: int, seed: int, tmp: str) -> kt.Tuner:
+    """The named Keras Tuner tuner over `hm` (only that one: each search has its process)."""
     common = {"objective": "val_accuracy", "seed": seed, "directory": tmp, "overwrite": True}
-    made = {
-        "RandomSearch": kt.RandomSearch(hm, max_trials=trials, project_name="rs", **common),
-        "BayesianOptimization": kt.BayesianOptimization(
-            hm, max_trials=trials, project_name="bo", **common
-        ),
-        "Hyperband": kt.Hyperband(
-            hm, max_epochs=epochs, factor=3, hyperband_iterations=1, project_name="hb", **common
-        ),
-    }
-    return {name: made[name] for name in names}
+    if name == "RandomSearch":
+        return kt.RandomSearch(hm, max_trials=trials, project_name="rs", **common)
+    if name == "BayesianOptimization":
+        return kt.BayesianOptimization(hm, max_trials=trials, project_name="bo", **common)
+    return kt.Hyperband(
+        hm, max_epochs=epochs, factor=3, hyperband_iterations=1, project_name="hb", **common
+    )
 
 
 def one_seed(
@@ -275,7 +271,7 @@ def tuner_process(
     steps = {b: -(-n // b) for b in params.search.space["train.batch_size"]["choices"]}
     objective: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        (tuner,) = tuners(Space(params, steps), trials, epochs, seed, tmp, [name]).values()
+        tuner = make_tuner(Space(params, steps), name, trials, epochs, seed, tmp)
         points = tuner_side(tuner, prep, epochs, objective)
     return points, objective[-1]
 
