@@ -47,6 +47,14 @@ BENCHES = (
                 "tracking overhead ratio, median over trials (x, target <= 1.05)",
                 rf"overhead ratio \(median over \d+ trials\): {_NUM}x",
             ),
+            (
+                "tracking seconds per trial, median (ms)",
+                rf"tracking seconds per trial, min / median / max: \d+ / {_NUM} /",
+            ),
+            (
+                "tracking seconds against the bare trial (x)",
+                rf"against a bare trial's median [0-9.]+ s -> {_NUM}x",
+            ),
             ("bare Optuna + Keras (s)", rf"bare Optuna \+ Keras: {_NUM} s"),
             ("pipeline, MLflow tracked (s)", rf"pipeline \(MLflow tracked\): {_NUM} s"),
         ),

@@ -12,6 +12,15 @@ then min / median / max over rounds and over single trials (the same trial's sec
 sides: a hiccup of the machine during one trial moves one of these, not the median), and as
 the headline the median over trials.
 
+On a 2-core VM the same trial's training alone varies by +-20 % from one run to the next, so
+the ratio above swings by several per cent between runs although tracking costs the same.
+The bench therefore also clocks Keras training (`stages.fit`, the same call on both sides) in
+each trial, and the pipeline's live metric writes made during it: a trial's *tracking
+seconds* are its pipeline seconds outside training, plus those writes, minus the bare trial's
+seconds outside training - the time the pipeline adds, free of the training's noise. Their
+median over the trials against the bare trial's median gives the second, steadier ratio; the
+median ratio of the two sides' training seconds shows whether tracking slowed training itself.
+
     python bench/overhead.py [--trials 8] [--epochs 20] [--rounds 5]
 """
 
@@ -21,12 +30,15 @@ import argparse
 import gc
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from statistics import median
+from typing import Any
 
 from _common import tracked_search
 
-from pipeline import config, model, search, stages
+from pipeline import config, model, search, stages, tracking
 from pipeline.study import TrackedStudy
 from pipeline.tracking import Tracker
 
@@ -51,10 +63,28 @@ def main() -> None:
 
     rounds: list[float] = []  # per round: its pipeline seconds / its bare seconds
     pairs: list[float] = []  # per trial: the same trial's pipeline seconds / bare seconds
+    bare_trials: list[float] = []  # per trial: the bare trial's seconds
+    added: list[float] = []  # per trial: its tracking seconds (see the module docstring)
+    fit_pairs: list[float] = []  # per trial: pipeline training seconds / bare training seconds
     totals = {"bare": 0.0, "pipeline": 0.0}
     for r in range(args.rounds):
         seconds = one_round(r, params, prep, args.trials, args.epochs)
         pairs += [p / b for b, p in zip(seconds["bare"], seconds["pipeline"], strict=True)]
+        bare_trials += seconds["bare"]
+        added += [
+            (p - pf + pw) - (b - bf)
+            for b, bf, p, pf, pw in zip(
+                seconds["bare"],
+                seconds["bare_fit"],
+                seconds["pipeline"],
+                seconds["pipeline_fit"],
+                seconds["pipeline_writes"],
+                strict=True,
+            )
+        ]
+        fit_pairs += [
+            p / b for b, p in zip(seconds["bare_fit"], seconds["pipeline_fit"], strict=True)
+        ]
         bare, tracked = sum(seconds["bare"]), sum(seconds["pipeline"])
         rounds.append(tracked / bare)
         totals = {"bare": totals["bare"] + bare, "pipeline": totals["pipeline"] + tracked}
@@ -70,6 +100,16 @@ def main() -> None:
     )
     print(f"per round, min / median / max: {spread(rounds)}")
     print(f"per trial (the same trial on both sides), min / median / max: {spread(pairs)}")
+    ms = [1000 * a for a in added]
+    print(
+        f"tracking seconds per trial, min / median / max: {min(ms):.0f} / {median(ms):.0f} / "
+        f"{max(ms):.0f} ms, against a bare trial's median {median(bare_trials):.3f} s"
+        f" -> {(median(bare_trials) + median(added)) / median(bare_trials):.3f}x"
+    )
+    print(
+        f"training seconds (Keras fit), pipeline / bare, per trial, min / median / max: "
+        f"{spread(fit_pairs)}"
+    )
     print(f"tracking overhead ratio (median over {len(pairs)} trials): {median(pairs):.3f}x")
 
 
@@ -116,17 +156,45 @@ def one_round(
         def pipeline_trial() -> None:
             assert tracked.run_trials(max_trials=1) == 1
 
-        seconds: dict[str, list[float]] = {"bare": [], "pipeline": []}
+        seconds: dict[str, list[float]] = {
+            key: [] for key in ("bare", "pipeline", "bare_fit", "pipeline_fit", "pipeline_writes")
+        }
         with tracker.run("study", resume_id=tracked.parent_id):
             for i in range(trials):
                 pair = [("bare", bare_trial), ("pipeline", pipeline_trial)]
                 for side, step in pair if i % 2 == 0 else pair[::-1]:
-                    started = time.perf_counter()
-                    step()
-                    seconds[side].append(time.perf_counter() - started)
+                    with clocked(stages, "fit") as fit, clocked(tracking.LiveMetrics, "log") as log:
+                        started = time.perf_counter()
+                        step()
+                        seconds[side].append(time.perf_counter() - started)
+                    seconds[f"{side}_fit"].append(fit())
+                    if side == "pipeline":  # its live writes ran inside training's clock
+                        seconds["pipeline_writes"].append(log())
     values = [[v for _, v in sorted(s.values().items())] for s in (bare, tracked.study)]
     assert values[0] == values[1], "the sides trained different trials"
     return seconds
+
+
+@contextmanager
+def clocked(owner: Any, name: str) -> Iterator[Callable[[], float]]:
+    """Wrap `owner.name` for the block to sum the seconds spent in it; yields the reader of
+    that sum. (stages.fit is what both sides train with; LiveMetrics.log is the pipeline's
+    per-epoch metric buffering and its live writes, called from inside training.)"""
+    real = getattr(owner, name)
+    spent = [0.0]
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - started
+
+    setattr(owner, name, wrapper)
+    try:
+        yield lambda: spent[0]
+    finally:
+        setattr(owner, name, real)
 
 
 if __name__ == "__main__":

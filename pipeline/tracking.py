@@ -281,6 +281,8 @@ class Tracker:
         # MLflow logs SQLite errors with a traceback before raising them; guard() reports them.
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         self.experiment_name = experiment
+        # run id -> artifact location, for the runs this tracker created and has not ended
+        self._artifact_uris: dict[str, str] = {}
         self._db_path = self.uri[len("sqlite:///") :] if self.uri.startswith("sqlite:///") else None
         # Several processes opening a fresh SQLite store at once race on MLflow's schema
         # migration ("duplicate column name"); the first one creates it while the rest wait.
@@ -328,6 +330,7 @@ class Tracker:
         _end_unended_runs_at_exit()
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         _UNENDED[run.info.run_id] = (self.client, os.getpid())
+        self._artifact_uris[run.info.run_id] = run.info.artifact_uri
         return run.info.run_id
 
     @contextmanager
@@ -392,6 +395,7 @@ class Tracker:
         longer this process's to end at exit, even if the store refused: reconciliation on the
         next start closes it then."""
         _UNENDED.pop(run_id, None)
+        self._artifact_uris.pop(run_id, None)
         self.client.set_terminated(run_id, status)
 
     def close_dead_runs(self) -> int:
@@ -481,9 +485,7 @@ class Tracker:
         self.client.log_batch(run_id, tags=_run_tags(tags))
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
-        items = _run_params(params)
-        for i in range(0, len(items), _MAX_BATCH_PARAMS):
-            self.client.log_batch(run_id, params=items[i : i + _MAX_BATCH_PARAMS])
+        self.client.log_batch(run_id, params=_run_params(params))  # MLflow splits big batches
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         from mlflow.entities import Metric
@@ -517,7 +519,21 @@ class Tracker:
         live.flush()
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(path), artifact_path)
+        """Store one file (or folder) in the run's artifacts.
+
+        For a run this tracker created, the file goes straight to the artifact location its
+        creation returned: MlflowClient.log_artifact would first read the whole run back
+        (params, metrics, tags, inputs) to learn that location - ~6 ms of a trial's tracking
+        time on a local store, a request more on a server."""
+        uri = self._artifact_uris.get(run_id)
+        if uri is None or Path(path).is_dir():
+            self.client.log_artifact(run_id, str(path), artifact_path)
+            return
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        with guard(self.display_uri, "log_artifact", self._db_path):
+            repo = get_artifact_repository(uri, tracking_uri=self.uri)
+            repo.log_artifact(str(path), artifact_path)
 
     def log_figure(self, run_id: str, figure: Any, name: str) -> None:
         self.client.log_figure(run_id, figure, name)
@@ -695,7 +711,9 @@ class LiveMetrics:
 
     def flush(self) -> None:
         """Write what is buffered in as few round-trips as MLflow's batch limits allow: params
-        first, `final_tags` in the last round-trip."""
+        first, `final_tags` in the last round-trip. (MlflowClient.log_batch splits a big batch
+        itself, but sends its tags with the first part, before most metrics: a result tag
+        would then be in the store before the epochs it summarises.)"""
         metrics, self._pending = self._pending, []
         params, self._params = self._params, []
         tags, self.final_tags = _run_tags(self.final_tags), {}
