@@ -36,21 +36,34 @@ def tracked_search(
     first trial (start clocks there, so store creation is not counted)."""
     params = config.with_values(params, {"search.n_trials": trials}, origin="bench")
     with tempfile.TemporaryDirectory() as tmp:
-        tracker = Tracker(f"sqlite:///{tmp}/mlflow.db", "bench")
-        study = TrackedStudy.open(
-            params,
-            prep,
-            tracker,
-            name=name,
-            storage=search.memory_storage(),
-            storage_display="memory",
-            trainer=trainer,
-        )
-        with tracker.run("study", resume_id=study.parent_id):
+        study = open_tracked(params, prep, Path(tmp), name=name, trainer=trainer)
+        with study.tracker.run("study", resume_id=study.parent_id):
             if on_ready is not None:
                 on_ready()
             study.run_trials(on_trial_end)
     return study.study
+
+
+def open_tracked(
+    params: config.Params,
+    prep: Prepared,
+    folder: Path,
+    *,
+    name: str,
+    trainer: Trainer | None = None,
+) -> TrackedStudy:
+    """The pipeline's tracked study as a CLI worker opens it, on an in-memory Optuna storage,
+    its MLflow store a SQLite file in `folder`; the caller reopens its parent run around the
+    trials (`study.tracker.run("study", resume_id=study.parent_id)`)."""
+    return TrackedStudy.open(
+        params,
+        prep,
+        Tracker(f"sqlite:///{folder}/mlflow.db", "bench"),
+        name=name,
+        storage=search.memory_storage(),
+        storage_display="memory",
+        trainer=trainer,
+    )
 
 
 class CliSearch(NamedTuple):

@@ -36,11 +36,9 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from _common import tracked_search
+from _common import open_tracked, tracked_search
 
 from pipeline import config, model, search, stages, tracking
-from pipeline.study import TrackedStudy
-from pipeline.tracking import Tracker
 
 
 def main() -> None:
@@ -131,15 +129,7 @@ def one_round(
             max_epochs=epochs,
             configured=config.flatten(params),  # the same baseline trial 0 as the pipeline's
         )
-        tracker = Tracker(f"sqlite:///{tmp}/mlflow.db", "bench")
-        tracked = TrackedStudy.open(
-            params,
-            prep,
-            tracker,
-            name=f"pipeline-{r}",
-            storage=search.memory_storage(),
-            storage_display="memory",
-        )
+        tracked = open_tracked(params, prep, Path(tmp), name=f"pipeline-{r}")
         # What a CLI worker's first trial end freezes (model.release) is its tracker and
         # study; here they were made after that, so freeze them likewise: otherwise every
         # collection of either side walks them, which no CLI worker does.
@@ -159,7 +149,7 @@ def one_round(
         seconds: dict[str, list[float]] = {
             key: [] for key in ("bare", "pipeline", "bare_fit", "pipeline_fit", "pipeline_writes")
         }
-        with tracker.run("study", resume_id=tracked.parent_id):
+        with tracked.tracker.run("study", resume_id=tracked.parent_id):
             for i in range(trials):
                 pair = [("bare", bare_trial), ("pipeline", pipeline_trial)]
                 for side, step in pair if i % 2 == 0 else pair[::-1]:
