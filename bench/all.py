@@ -49,7 +49,7 @@ BENCHES = (
             ),
             (
                 "tracking seconds per trial, median (ms)",
-                rf"tracking seconds per trial, min / median / max: \d+ / {_NUM} /",
+                rf"tracking seconds per trial, min / median / max: -?\d+ / {_NUM} /",
             ),
             (
                 "tracking seconds against the bare trial (x)",

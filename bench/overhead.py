@@ -15,11 +15,12 @@ the headline the median over trials.
 On a 2-core VM the same trial's training alone varies by +-20 % from one run to the next, so
 the ratio above swings by several per cent between runs although tracking costs the same.
 The bench therefore also clocks Keras training (`stages.fit`, the same call on both sides) in
-each trial, and the pipeline's live metric writes made during it: a trial's *tracking
-seconds* are its pipeline seconds outside training, plus those writes, minus the bare trial's
-seconds outside training - the time the pipeline adds, free of the training's noise. Their
-median over the trials against the bare trial's median gives the second, steadier ratio; the
-median ratio of the two sides' training seconds shows whether tracking slowed training itself.
+each trial, and the pipeline's own per-epoch work made during it (metric buffering and live
+writes, the pruner's report): a trial's *tracking seconds* are its pipeline seconds outside
+training, plus that work, minus the bare trial's seconds outside training - the time the
+pipeline adds, free of the training's noise. Their median over the trials against the bare
+trial's median gives the second, steadier ratio; the median ratio of the two sides' training
+seconds shows whether tracking slowed training itself.
 
     python bench/overhead.py [--trials 8] [--epochs 20] [--rounds 5]
 """
@@ -54,6 +55,9 @@ def main() -> None:
     )
     prep = stages.prepare(params)
     params = stages.resolve_metric(params, prep)
+    # Both sides must train through stages.fit, the call clocked below (cross-validation
+    # trains through stages.fit_fold).
+    assert prep.folds is None, "the bench needs split.folds: 0"
     # Warm-up: TensorFlow's start and first tracing, and one tracked trial so MLflow and
     # Optuna are loaded before model.release() freezes the start-up heap (as in a CLI worker,
     # whose first trial comes after the tracker): both sides then collect the same heap.
@@ -76,7 +80,7 @@ def main() -> None:
                 seconds["bare_fit"],
                 seconds["pipeline"],
                 seconds["pipeline_fit"],
-                seconds["pipeline_writes"],
+                seconds["pipeline_hooks"],
                 strict=True,
             )
         ]
@@ -147,19 +151,23 @@ def one_round(
             assert tracked.run_trials(max_trials=1) == 1
 
         seconds: dict[str, list[float]] = {
-            key: [] for key in ("bare", "pipeline", "bare_fit", "pipeline_fit", "pipeline_writes")
+            key: [] for key in ("bare", "pipeline", "bare_fit", "pipeline_fit", "pipeline_hooks")
         }
         with tracked.tracker.run("study", resume_id=tracked.parent_id):
             for i in range(trials):
                 pair = [("bare", bare_trial), ("pipeline", pipeline_trial)]
                 for side, step in pair if i % 2 == 0 else pair[::-1]:
-                    with clocked(stages, "fit") as fit, clocked(tracking.LiveMetrics, "log") as log:
+                    with (
+                        clocked(stages, "fit") as fit,
+                        clocked(tracking.LiveMetrics, "log") as log,
+                        clocked(search.Trial, "should_prune") as report,
+                    ):
                         started = time.perf_counter()
                         step()
                         seconds[side].append(time.perf_counter() - started)
                     seconds[f"{side}_fit"].append(fit())
-                    if side == "pipeline":  # its live writes ran inside training's clock
-                        seconds["pipeline_writes"].append(log())
+                    if side == "pipeline":  # its per-epoch work ran inside training's clock
+                        seconds["pipeline_hooks"].append(log() + report())
     values = [[v for _, v in sorted(s.values().items())] for s in (bare, tracked.study)]
     assert values[0] == values[1], "the sides trained different trials"
     return seconds
@@ -168,8 +176,9 @@ def one_round(
 @contextmanager
 def clocked(owner: Any, name: str) -> Iterator[Callable[[], float]]:
     """Wrap `owner.name` for the block to sum the seconds spent in it; yields the reader of
-    that sum. (stages.fit is what both sides train with; LiveMetrics.log is the pipeline's
-    per-epoch metric buffering and its live writes, called from inside training.)"""
+    that sum. (stages.fit is what both sides train with; LiveMetrics.log, the pipeline's
+    per-epoch metric buffering and live writes, and Trial.should_prune, its pruner's report,
+    run inside training.)"""
     real = getattr(owner, name)
     spent = [0.0]
 

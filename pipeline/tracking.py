@@ -523,8 +523,9 @@ class Tracker:
 
         For a run this tracker created, the file goes straight to the artifact location its
         creation returned: MlflowClient.log_artifact would first read the whole run back
-        (params, metrics, tags, inputs) to learn that location - ~6 ms of a trial's tracking
-        time on a local store, a request more on a server."""
+        (params, metrics, tags, inputs) to learn that location, on the first artifact of each
+        run - a trial logs one, so ~6 ms of its tracking time on a local store, a request more
+        on a server."""
         uri = self._artifact_uris.get(run_id)
         if uri is None or Path(path).is_dir():
             self.client.log_artifact(run_id, str(path), artifact_path)
@@ -712,8 +713,8 @@ class LiveMetrics:
     def flush(self) -> None:
         """Write what is buffered in as few round-trips as MLflow's batch limits allow: params
         first, `final_tags` in the last round-trip. (MlflowClient.log_batch splits a big batch
-        itself, but sends its tags with the first part, before most metrics: a result tag
-        would then be in the store before the epochs it summarises.)"""
+        itself, but sends its tags with the first part, before the metrics beyond it: a result
+        tag would then be in the store before some of the epochs it summarises.)"""
         metrics, self._pending = self._pending, []
         params, self._params = self._params, []
         tags, self.final_tags = _run_tags(self.final_tags), {}
