@@ -531,8 +531,11 @@ class Tracker:
             self.client.log_artifact(run_id, str(path), artifact_path)
             return
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+        from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
 
         with guard(self.display_uri, "log_artifact", self._db_path):
+            # As MlflowClient resolves a run's artifact location (a no-op but on Databricks).
+            uri = add_databricks_profile_info_to_artifact_uri(uri, self.uri)
             repo = get_artifact_repository(uri, tracking_uri=self.uri)
             repo.log_artifact(str(path), artifact_path)
 
