@@ -152,10 +152,14 @@ def test_a_large_flush_keeps_to_mlflows_batch_limits_and_writes_everything_once(
     assert len(writes) == 3  # 100 + 900, 50 + 950, 50 + 2
 
 
-def test_params_metrics_and_artifacts_beyond_one_batch_reach_a_real_store(store_uri, tmp_path):
+def test_params_metrics_and_artifacts_beyond_one_batch_reach_a_real_store(
+    store_uri, tmp_path, monkeypatch
+):
     """More params and metrics than one MLflow batch holds (100 params, 1000 entities) all
     reach the run, and an artifact of a run the tracker created lands in that run's
     artifacts (written without reading the run back)."""
+    from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
     tracker = tracking.Tracker(store_uri, "exp")
     params = {f"p{i:03d}": i for i in range(150)}
     metrics = {f"m{i:04d}": i / 2 for i in range(1200)}
@@ -164,11 +168,17 @@ def test_params_metrics_and_artifacts_beyond_one_batch_reach_a_real_store(store_
         tracker.log_params(run_id, params)
         tracker.log_metrics(run_id, metrics, step=3)
         tracker.set_tags(run_id, {"pipeline.note": "x"})
-        tracker.log_artifact(run_id, tmp_path / "model.keras")
+        with monkeypatch.context() as patch:  # MlflowClient.log_artifact reads the run first
+            patch.setattr(TrackingServiceClient, "get_run", _refuse_to_read_the_run)
+            tracker.log_artifact(run_id, tmp_path / "model.keras")
     data = tracker.client.get_run(run_id).data
     assert data.params == {k: str(v) for k, v in params.items()}
     assert data.metrics == metrics and data.tags["pipeline.note"] == "x"
     assert tracker.read_artifact(run_id, "model.keras") == b"weights"
+
+
+def _refuse_to_read_the_run(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the run was read back from the store")
 
 
 def test_live_metrics_are_written_on_the_training_thread_and_back_off_on_a_slow_store(
