@@ -517,9 +517,16 @@ def test_a_diverging_trial_fails_and_the_study_still_completes(workdir, store_ur
     assert all(r.info.status != "RUNNING" for r in runs)
 
 
-def _start_search(workdir, store_uri, *extra):
-    """A search in a subprocess whose trials run long enough to be interrupted."""
+def _start_search(workdir, store_uri, *extra, sigint="ignored", session=False):
+    """A search in a subprocess whose trials run long enough to be interrupted.
+
+    `sigint="ignored"` starts it as a script's background job (`cmd &`) or a CI runner does:
+    with SIGINT ignored, which Python keeps unless the command sets its own handler;
+    `"default"` as a terminal does. `session=True` makes it a process group of its own, so the
+    test can signal the group as a terminal's Ctrl-C does.
+    """
     import os
+    import signal
 
     argv = [
         sys.executable,
@@ -539,14 +546,27 @@ def _start_search(workdir, store_uri, *extra):
         *extra,
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    disposition = {"ignored": signal.SIG_IGN, "default": signal.SIG_DFL}[sigint]
     return subprocess.Popen(
-        argv, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        argv,
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=session,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, disposition),
     )
 
 
 def _wait_for_running_trial(workdir, proc, timeout=180.0):
-    """The MLflow run id of a trial that is inside fit(): a RUNNING trial that has reported
-    its first epoch to Optuna (the pruning hook runs at every epoch end)."""
+    """The MLflow run id of a trial that is inside fit()."""
+    return _wait_for_running_trials(workdir, proc, 1, timeout)[0]
+
+
+def _wait_for_running_trials(workdir, proc, n, timeout=180.0):
+    """The MLflow run ids of `n` trials that are inside fit(): RUNNING trials that have
+    reported their first epoch to Optuna (the pruning hook runs at every epoch end)."""
     import time
 
     import optuna
@@ -562,23 +582,31 @@ def _wait_for_running_trial(workdir, proc, timeout=180.0):
             storage = search.make_storage(str(journal)).backend
             with contextlib.suppress(KeyError):  # the study is not created yet
                 study = optuna.load_study(study_name="default", storage=storage)
-                for t in study.get_trials(states=[optuna.trial.TrialState.RUNNING]):
-                    if t.intermediate_values and search.RUN_ATTR in t.user_attrs:
-                        return t.user_attrs[search.RUN_ATTR]
+                running = [
+                    t.user_attrs[search.RUN_ATTR]
+                    for t in study.get_trials(states=[optuna.trial.TrialState.RUNNING])
+                    if t.intermediate_values and search.RUN_ATTR in t.user_attrs
+                ]
+                if len(running) >= n:
+                    return running
         time.sleep(0.2)
-    raise AssertionError("no trial reached its first epoch in time")
+    raise AssertionError(f"{n} trials did not reach their first epoch in time")
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("sigint", ["ignored", "default"])
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
-def test_interrupt_ends_runs_killed_marks_the_trial_and_exits_130(workdir, store_uri, signame):
+def test_interrupt_ends_runs_killed_marks_the_trial_and_exits_130(
+    workdir, store_uri, signame, sigint
+):
+    """Sent to the search process itself, mid-trial, however its SIGINT was set at start."""
     import signal
 
     import mlflow
 
     from pipeline import search
 
-    proc = _start_search(workdir, store_uri, "--trials", "3")
+    proc = _start_search(workdir, store_uri, "--trials", "3", sigint=sigint)
     trial_run = _wait_for_running_trial(workdir, proc)
     proc.send_signal(getattr(signal, signame))
     _, err = proc.communicate(timeout=120)
@@ -592,6 +620,42 @@ def test_interrupt_ends_runs_killed_marks_the_trial_and_exits_130(workdir, store
 
     study = optuna.load_study(study_name="default", storage=storage)
     assert [t.state.name for t in study.trials] == ["FAIL"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["parent", "group"])
+def test_ctrl_c_to_a_search_with_workers_stops_every_worker_and_leaves_nothing_running(
+    workdir, store_uri, target
+):
+    """`--workers 2`, both processes mid-trial; SIGINT to the parent alone (`kill -INT`) or to
+    the whole process group (a terminal's Ctrl-C), started with SIGINT ignored as a background
+    job is: exit 130, every run ended, every trial marked, no worker left behind."""
+    import os
+    import signal
+
+    import mlflow
+    import optuna
+
+    from pipeline import search
+
+    proc = _start_search(workdir, store_uri, "--trials", "4", "--workers", "2", session=True)
+    trial_runs = _wait_for_running_trials(workdir, proc, 2)
+    if target == "parent":
+        proc.send_signal(signal.SIGINT)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    left = [s for s in _proc_stats() if int(s[4]) == proc.pid and s[2] != "Z"]  # its group
+    assert left == [], left
+    runs = {r.info.run_id: r.info.status for r in mlflow.MlflowClient(store_uri).search_runs(["1"])}
+    assert "RUNNING" not in runs.values(), runs
+    assert {runs[r] for r in trial_runs} == {"KILLED"}
+    storage = search.make_storage(str(workdir / "mlruns" / "optuna-journal.log")).backend
+    study = optuna.load_study(study_name="default", storage=storage)
+    states = {t.user_attrs.get(search.RUN_ATTR): t.state.name for t in study.trials}
+    assert "RUNNING" not in states.values(), states
+    assert [states[r] for r in trial_runs] == ["FAIL", "FAIL"]  # the two it interrupted
 
 
 @pytest.mark.slow

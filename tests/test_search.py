@@ -206,8 +206,19 @@ def test_storage_error_masks_the_password():
     assert "hunter2" not in str(err.value) and "***" in str(err.value)
 
 
+@pytest.fixture
+def sigint_raises():
+    """SIGINT raising KeyboardInterrupt, as the CLI sets it (pipeline.run), whatever this test
+    process inherited: under a CI runner or `pytest &` in a script SIGINT starts ignored."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_inside_a_journal_write_waits_for_the_write_and_stays_a_ctrl_c(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, sigint_raises
 ):
     """Optuna's journal lock turns an interrupt during its lock handling into another error
     and can leave the lock held; interrupts are held until the append (and its lock) is done,
@@ -228,6 +239,26 @@ def test_ctrl_c_inside_a_journal_write_waits_for_the_write_and_stays_a_ctrl_c(
         study.tell_complete(trial, 0.5)
     assert study.counts().complete == 1  # the write went through whole
     assert study.ask(10) is not None  # and the lock was released: the journal still works
+
+
+def test_the_cli_makes_sigint_and_sigterm_interrupts_even_when_it_starts_with_them_ignored():
+    """A script's background job starts with SIGINT ignored; the command must still stop on
+    it (and restore what it found when it returns, since tests call it in-process)."""
+    import signal
+
+    from pipeline import run
+
+    seen = {}
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with run._signals_interrupt():
+            seen = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert set(seen.values()) == {signal.default_int_handler}
 
 
 def test_the_heartbeat_survives_a_storage_blip_and_stops_once_the_trial_is_told(monkeypatch):
