@@ -215,6 +215,8 @@ def _journal_backend(path: str) -> optuna.storages.journal.BaseJournalBackend:
     and the next append then glues a full record onto the partial one, so the journal no
     longer parses. Here the file is cut back to its old length (under the journal's own lock)
     before the error propagates, so a study survives a full disk and resumes once there is room.
+    A torn last record left by a process killed mid-write (Optuna's reader skips it) is cut
+    off before the next append for the same reason.
     """
     from optuna.storages.journal import JournalFileBackend
     from optuna.storages.journal._file import get_lock_file
@@ -222,7 +224,7 @@ def _journal_backend(path: str) -> optuna.storages.journal.BaseJournalBackend:
     class _AtomicAppendFile(JournalFileBackend):
         def append_logs(self, logs: list[dict[str, Any]]) -> None:
             with interrupts_deferred(), get_lock_file(self._lock):
-                before = os.path.getsize(self._file_path)
+                before = _cut_torn_tail(self._file_path)
                 text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in logs)
                 try:
                     with open(self._file_path, "ab") as f:
@@ -235,6 +237,28 @@ def _journal_backend(path: str) -> optuna.storages.journal.BaseJournalBackend:
                     raise
 
     return _AtomicAppendFile(path)
+
+
+def _cut_torn_tail(path: str) -> int:
+    """Cut a journal back to its last complete line (one ending in a newline); its new size."""
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0 or (f.seek(size - 1) >= 0 and f.read(1) == b"\n"):
+            return size  # the usual case: one byte read
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            f.seek(start)
+            newline = f.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+        f.truncate(end)
+    log.warning(
+        "journal %s: cut off a torn last record (%d bytes) of a killed writer", path, size - end
+    )
+    return end
 
 
 def make_storage(url: str | None) -> Storage:

@@ -187,6 +187,60 @@ def _store_lock(uri: str) -> Iterator[None]:
         yield
 
 
+def _ensure_sqlite_store(db: Path, artifact_root: str | None) -> None:
+    """Make sure `db` is a complete MLflow store, creating it atomically if it is missing.
+
+    MLflow creates a SQLite store in place, one migration at a time: a disk that fills or a
+    process killed part-way leaves a half-migrated file (alembic's `_alembic_tmp_*` tables)
+    that MLflow can never open again. So the schema is built in a temporary file beside the
+    database and renamed into place only once complete: a store is either absent or whole.
+    A half-made store left by an older release is set aside and rebuilt when it holds no runs;
+    one that holds runs is reported (a half-finished `mlflow db upgrade`), never touched.
+    Call under `_store_lock`: the temporary files of killed creators are removed here.
+    """
+    for stale in db.parent.glob(f".{db.name}.creating-*"):
+        stale.unlink(missing_ok=True)
+    if db.exists():
+        half, runs = _half_made(db)
+        if not half:
+            return
+        if runs:
+            raise TrackingError(
+                f"tracking store {db}: its schema migration was interrupted (alembic's temporary "
+                f"tables are still there) and it holds {runs} runs, so it was left as it is. Back "
+                f"the file up, then finish the migration with `mlflow db upgrade sqlite:///{db}`."
+            )
+        aside = db.with_name(f"{db.name}.half-made-{time.strftime('%Y%m%d-%H%M%S')}")
+        db.rename(aside)
+        log.warning("tracking store %s was half-made and held no runs: set aside as %s", db, aside)
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    tmp = db.with_name(f".{db.name}.creating-{os.getpid()}")
+    try:
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", artifact_root or db.parent.as_uri())
+        store.engine.dispose()
+        os.replace(tmp, db)
+    finally:
+        for leftover in (tmp, tmp.with_name(f"{tmp.name}-journal")):
+            leftover.unlink(missing_ok=True)
+
+
+def _half_made(db: Path) -> tuple[bool, int]:
+    """(is the MLflow schema in `db` unfinished, how many runs it holds) - read with sqlite3
+    itself, since MLflow cannot open such a file. An empty file counts as half-made."""
+    import sqlite3
+
+    # A generous busy timeout: other processes may be writing runs to a complete store.
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=60)) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        done = "alembic_version" in tables and bool(
+            conn.execute("SELECT count(*) FROM alembic_version").fetchone()[0]
+        )
+        half = not done or any(t.startswith("_alembic_tmp") for t in tables)
+        runs = conn.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+    return half, runs
+
+
 def _bound_client_retries() -> None:
     # MLflow's defaults (7 retries, 120 s timeouts) make a dead server look like a hang.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -287,6 +341,8 @@ class Tracker:
         # Several processes opening a fresh SQLite store at once race on MLflow's schema
         # migration ("duplicate column name"); the first one creates it while the rest wait.
         with guard(self.display_uri, "opening the store", self._db_path), _store_lock(self.uri):
+            if self._db_path is not None:
+                _ensure_sqlite_store(Path(self._db_path), _artifact_root(self.uri))
             self.client = _GuardedClient(
                 MlflowClient(tracking_uri=self.uri), self.display_uri, self._db_path
             )

@@ -169,6 +169,102 @@ def test_train_on_a_full_disk_fails_cleanly_and_the_store_works_once_there_is_ro
         assert {m.source_run_id for m in client.search_logged_models(exps)} == finished
 
 
+def _remount(disk: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(disk)], check=True)
+
+
+def _store_files(home: Path) -> list[str]:
+    """What a store's folder holds of the database itself (its lock file is not the store)."""
+    return sorted(p.name for p in home.glob("*mlflow.db*") if not p.name.endswith(".lock"))
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_a_first_train_whose_disk_fills_while_it_creates_the_store_leaves_none_behind(
+    workdir, fault_audit
+):
+    """The very first command in a fresh folder, on a disk too small for MLflow's schema:
+    exit 2 saying the store is unchanged - and it is (still no store, nothing half-migrated);
+    with room again the same command creates the store and trains."""
+    with tmpfs(workdir / "disk", "512k") as disk:
+        full = cli(disk, "train", *TINY)
+        assert full.returncode == 2, full.stderr[-3000:]
+        msg = one_paragraph_error(full.stderr)
+        assert "the disk is full" in msg and "the store is unchanged" in msg, msg
+        assert _store_files(disk / "mlruns") == []
+
+        _remount(disk, "64m")
+        again = cli(disk, "train", *TINY)
+        assert again.returncode == 0, again.stderr[-3000:]
+        db = disk / "mlruns" / "mlflow.db"
+        assert integrity(db) == "ok" and _store_files(disk / "mlruns") == ["mlflow.db"]
+        store = f"sqlite:///{db}"
+        assert fault_audit.running_runs(store) == []
+        import mlflow
+
+        client = mlflow.MlflowClient(store)
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert [r.info.status for r in runs] == ["FINISHED"]
+
+
+# A first `train` that SIGKILLs itself the moment MLflow's migration has committed one of
+# alembic's temporary tables (SQLite DDL is not transactional under alembic): the half-made
+# state a crash or power cut leaves, at a chosen instant instead of a lucky one.
+_KILLED_MID_MIGRATION = """
+import os, signal, sys
+import sqlalchemy
+
+@sqlalchemy.event.listens_for(sqlalchemy.engine.Engine, "after_cursor_execute")
+def _die(conn, cursor, statement, *args):
+    if statement.lstrip().upper().startswith("CREATE TABLE _ALEMBIC_TMP"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+from pipeline import run
+sys.exit(run.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_a_first_command_killed_while_it_creates_the_store_leaves_none_behind(workdir, fault_audit):
+    """SIGKILL in the middle of MLflow's schema migration: no half-made store is left, and the
+    next command creates the store and runs, no traceback."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_MID_MIGRATION, "train", *TINY],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert killed.returncode == -9, killed.stderr[-3000:]  # it did die mid-migration
+    home = workdir / "mlruns"
+    db = home / "mlflow.db"
+    assert not db.exists() or not _half_made(db)  # no store, or a whole one: never half
+
+    again = cli(workdir, "train", *TINY)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert integrity(db) == "ok" and not _half_made(db)
+    assert _store_files(home) == ["mlflow.db"]  # the killed creator's temporary file is gone
+    assert fault_audit.running_runs(f"sqlite:///{db}") == []
+
+
+def _half_made(db: Path) -> bool:
+    """A database file whose MLflow migration has begun but not finished (no schema version
+    row yet, or alembic's temporary tables), read without taking a lock."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            if not tables:
+                return False
+            if "alembic_version" not in tables or any(t.startswith("_alembic_tmp") for t in tables):
+                return True
+            return conn.execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 0
+    except sqlite3.Error:
+        return False
+
+
 def _first_trial_finished(store_db: Path, proc: subprocess.Popen[str], timeout: float) -> None:
     """Poll the SQLite store until a trial run has FINISHED (read-only queries)."""
     deadline = time.monotonic() + timeout

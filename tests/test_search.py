@@ -261,6 +261,26 @@ def test_the_cli_makes_sigint_and_sigterm_interrupts_even_when_it_starts_with_th
     assert set(seen.values()) == {signal.default_int_handler}
 
 
+def test_a_journal_record_torn_by_a_killed_writer_is_cut_off_before_the_next_append(
+    tmp_path, caplog
+):
+    """SIGKILL in the middle of a journal write leaves a last line without its newline;
+    Optuna's reader skips it, but an append would glue the next record onto it and the
+    journal would no longer parse. The torn tail is cut off first."""
+    study = study_at(tmp_path)
+    drive(study, 2)
+    journal = tmp_path / "journal.log"
+    whole = journal.read_bytes()
+    with journal.open("ab") as f:
+        f.write(b'{"op_code":4,"worker_id":"dead","trial_id":')  # a record cut short
+    study = study_at(tmp_path)  # the next start
+    drive(study, 3)
+    assert "torn last record" in caplog.text
+    assert journal.read_bytes().startswith(whole)
+    reread = study_at(tmp_path)  # a fresh reader parses the whole journal again
+    assert reread.counts().complete == 3
+
+
 def test_the_heartbeat_survives_a_storage_blip_and_stops_once_the_trial_is_told(monkeypatch):
     """A failed heartbeat write (a dropped connection) must not end the heartbeat: a live
     trial would then look dead to other hosts after STALE_AFTER_SECONDS and be run twice."""

@@ -210,3 +210,38 @@ def test_live_metrics_are_written_on_the_training_thread_and_back_off_on_a_slow_
     assert starts[0] >= 2.0 and len(starts) >= 3
     gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
     assert min(gaps) >= 100 * 0.05, gaps
+
+
+def _half_made_store(db: Path, runs: int) -> bytes:
+    """A store as an interrupted MLflow migration leaves it: some tables, alembic's temporary
+    one, no schema version; `runs` rows in `runs`. Returns the file's bytes."""
+    import contextlib
+    import sqlite3
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("CREATE TABLE runs (run_uuid TEXT)")
+        conn.execute("CREATE TABLE _alembic_tmp_trace_tags (key TEXT)")
+        conn.executemany("INSERT INTO runs VALUES (?)", [(f"r{i}",) for i in range(runs)])
+        conn.commit()
+    return db.read_bytes()
+
+
+def test_a_half_made_store_with_no_runs_is_set_aside_and_rebuilt(tmp_path, caplog):
+    db = tmp_path / "mlruns" / "mlflow.db"
+    old = _half_made_store(db, runs=0)
+    tracker = tracking.Tracker(f"sqlite:///{db}", "exp")
+    with tracker.run("ok") as run_id:
+        pass
+    assert tracker.client.get_run(run_id).info.status == "FINISHED"
+    aside = list(db.parent.glob("mlflow.db.half-made-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == old  # kept, not deleted
+    assert "half-made" in caplog.text
+
+
+def test_a_half_made_store_that_holds_runs_is_refused_and_left_untouched(tmp_path):
+    db = tmp_path / "mlruns" / "mlflow.db"
+    old = _half_made_store(db, runs=3)
+    with pytest.raises(TrackingError, match=r"holds 3 runs.*mlflow db upgrade"):
+        tracking.Tracker(f"sqlite:///{db}", "exp")
+    assert db.read_bytes() == old and not list(db.parent.glob("mlflow.db.half-made-*"))
