@@ -18,6 +18,7 @@ import optuna
 
 from pipeline import config, search
 from pipeline.stages import Prepared
+from pipeline.storage import default_storage, make_storage, memory_storage
 from pipeline.study import TrackedStudy, Trainer, TrialSummary
 from pipeline.tracking import Tracker
 
@@ -60,7 +61,7 @@ def open_tracked(
         prep,
         Tracker(f"sqlite:///{folder}/mlflow.db", "bench"),
         name=name,
-        storage=search.memory_storage(),
+        storage=memory_storage(),
         storage_display="memory",
         trainer=trainer,
     )
@@ -93,6 +94,6 @@ def cli_search(flags: list[str], env: Mapping[str, str] | None = None) -> CliSea
             raise RuntimeError(
                 f"{' '.join(argv[1:])} exited {done.returncode}:\n{done.stderr[-3000:]}"
             )
-        journal = search.default_storage(Path(tmp) / "mlruns")  # where the CLI put it
-        study = optuna.load_study(study_name=None, storage=search.make_storage(journal).backend)
+        journal = default_storage(Path(tmp) / "mlruns")  # where the CLI put it
+        study = optuna.load_study(study_name=None, storage=make_storage(journal).backend)
         return CliSearch(study.get_trials(deepcopy=False), study.directions, wall)

@@ -2,8 +2,10 @@
 the other, each `--repeats` times) and prints one table of its headline numbers, min / median /
 max over the repeats. `--quick` runs each with small arguments and once, to check that they
 all still run (its numbers are not the release's figures); `--only NAME` picks benches.
+`--write-doc [PATH]` (default docs/benchmarks.md) then records one dated row per bench that ran
+in the doc's generated table, between its two marker lines; the rest of the doc is left alone.
 
-    python bench/all.py [--quick] [--repeats 3] [--only overhead --only memory ...]
+    python bench/all.py [--quick] [--repeats 3] [--only overhead --only memory ...] [--write-doc]
 
 Numbers are read from each script's own printed lines (the patterns below), so a script stays
 runnable on its own and this table shows exactly what it prints. The machine's load moves every
@@ -13,6 +15,7 @@ absolute time; the ratios compare sides measured together and are the figures to
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib.util
 import re
 import statistics
@@ -23,6 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+DOC = HERE.parent / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- bench/all.py:begin -->", "<!-- bench/all.py:end -->"
+TABLE_HEAD = (
+    "| date | bench | command | runs | headline: min / median / max |",
+    "|---|---|---|---|---|",
+)
+WALL = "wall of the whole bench (s)"
 
 
 @dataclass(frozen=True)
@@ -148,6 +158,53 @@ def run(bench: Bench, quick: bool) -> tuple[dict[str, float], float, str | None]
     return found, wall, None
 
 
+def doc_row(day: str, bench: Bench, metrics: list[tuple[str, list[float]]]) -> str:
+    """One generated table row: date, bench, its command, runs, each metric's min/median/max."""
+    command = " ".join(("python", f"bench/{bench.script}", *bench.full))
+    runs = max(len(vals) for _, vals in metrics)
+    cells = "; ".join(
+        f"{metric}: {min(v):.3f} / {statistics.median(v):.3f} / {max(v):.3f}"
+        for metric, v in metrics
+    )
+    return f"| {day} | {bench.name} | `{command}` | {runs} | {cells} |"
+
+
+def write_doc(text: str, rows: dict[str, str]) -> str:
+    """`text` with its generated table updated: each bench in `rows` gets that row (replacing its
+    old one), other benches' rows stay, and everything outside the markers is kept as it was. A
+    doc without the markers gets the table appended."""
+    if BEGIN in text and END in text.split(BEGIN, 1)[1]:
+        head, rest = text.split(BEGIN, 1)
+        body, tail = rest.split(END, 1)
+    else:
+        head, body, tail = (text.rstrip("\n") + "\n\n" if text.strip() else ""), "", "\n"
+    kept: dict[str, str] = {}
+    for line in body.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and line not in TABLE_HEAD and len(cells) > 1:
+            kept[cells[1]] = line
+    kept.update(rows)
+    order = [b.name for b in BENCHES]
+    names = sorted(kept, key=lambda n: (order.index(n) if n in order else len(order), n))
+    table = "\n".join((*TABLE_HEAD, *(kept[n] for n in names)))
+    return f"{head}{BEGIN}\n{table}\n{END}{tail}"
+
+
+def record(path: Path, rows: list[tuple[str, str, list[float]]], day: str) -> list[str]:
+    """Writes a row dated `day` for every bench with a figure in `rows` (bench, metric, values)
+    into the doc at `path`; returns those benches' names."""
+    by_name = {b.name: b for b in BENCHES}
+    names = list(dict.fromkeys(n for n, m, _ in rows if m != WALL))
+    new = {
+        n: doc_row(day, by_name[n], [(m, v) for b, m, v in rows if b == n and m != WALL])
+        for n in names
+    }
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(write_doc(old, new), encoding="utf-8")
+    return names
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small arguments, one run each")
@@ -155,7 +212,17 @@ def main() -> None:
     ap.add_argument(
         "--only", action="append", choices=[b.name for b in BENCHES], help="run only these"
     )
+    ap.add_argument(
+        "--write-doc",
+        nargs="?",
+        const=DOC,
+        type=Path,
+        metavar="PATH",
+        help="after the run, record its figures in this doc (default docs/benchmarks.md)",
+    )
     a = ap.parse_args()
+    if a.write_doc and a.quick:
+        ap.error("--write-doc records figures: not with --quick, whose numbers are not figures")
     repeats = a.repeats or (1 if a.quick else 3)
     rows: list[tuple[str, str, list[float]]] = []
     notes: list[str] = []
@@ -187,7 +254,7 @@ def main() -> None:
                 rows.append((bench.name, metric, values[metric]))
             elif len(walls) > sum(f"{bench.name} run" in n for n in notes):  # some run succeeded
                 notes.append(f"{bench.name}: no line for {metric!r} (optional, or output changed)")
-        rows.append((bench.name, "wall of the whole bench (s)", walls))
+        rows.append((bench.name, WALL, walls))
     mode = (
         "quick (small arguments: checks the benches run, not release figures)"
         if a.quick
@@ -203,6 +270,9 @@ def main() -> None:
         )
     for note in notes:
         print(note)
+    if a.write_doc:
+        written = record(a.write_doc, rows, datetime.date.today().isoformat())
+        print(f"{a.write_doc}: {len(written)} row(s) written ({', '.join(written) or 'none'})")
 
 
 if __name__ == "__main__":

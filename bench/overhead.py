@@ -40,6 +40,7 @@ from typing import Any
 from _common import open_tracked, tracked_search
 
 from pipeline import config, model, search, stages, tracking
+from pipeline.storage import memory_storage
 
 
 def main() -> None:
@@ -127,7 +128,7 @@ def one_round(
     with tempfile.TemporaryDirectory() as tmp:
         bare = search.open_study(
             f"bare-{r}",
-            search.memory_storage(),
+            memory_storage(),
             params.search,
             seed=params.seed,
             max_epochs=epochs,

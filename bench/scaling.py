@@ -33,6 +33,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
+from pipeline.storage import make_storage
+
 PG = os.environ.get(
     "PIPELINE_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
@@ -75,7 +77,7 @@ class NullTracker:
 
 
 def worker(a: argparse.Namespace) -> None:
-    from pipeline import config, search, stages
+    from pipeline import config, stages
     from pipeline.study import TrackedStudy, Trained
     from pipeline.tracking import LiveMetrics, Tracker
 
@@ -109,7 +111,7 @@ def worker(a: argparse.Namespace) -> None:
         time.sleep(0.001)
     started = time.perf_counter()
     tracker = Tracker(a.tracking_uri, "scale") if a.tracking_uri else NullTracker()
-    storage = search.make_storage(a.storage)
+    storage = make_storage(a.storage)
     phases = {"storage": time.perf_counter() - started}
     study = TrackedStudy.open(
         params,

@@ -32,12 +32,33 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline import config, search, stages
 from pipeline.errors import PipelineError, TrainingDiverged
+from pipeline.protocol import (
+    BASELINE_TAG,
+    BEST_TRIAL_TAG,
+    ERROR_TAG,
+    KIND_TAG,
+    REFIT_TAG,
+    RESULT_TAG,
+    RETRY_RUN_TAG,
+    RETRY_TAG,
+    STATE_TAG,
+    STORAGE_TAG,
+    STUDY_TAG,
+    TRIAL_RUN_TAG,
+    TRIAL_TAG,
+    WARM_TAG,
+    RunKind,
+    RunStatus,
+    TrialState,
+    ranked,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from pipeline.model import EpochHook, TrainResult
     from pipeline.stages import Prepared
+    from pipeline.storage import Storage
     from pipeline.tracking import LiveMetrics, Tracker
 
 log = logging.getLogger(__name__)
@@ -45,10 +66,6 @@ log = logging.getLogger(__name__)
 PARENT_ATTR = "mlflow_parent_run_id"
 FOLDS_ATTR = "cv_folds"  # how the study scores its trials: 0 = a validation split, k = k folds
 CHAMPION_ATTR = "champion"
-STATE_TAG = "optuna.state"
-RESULT_TAG = "pipeline.objective"  # the trial's objective, written on the run before Optuna
-RETRY_TAG = "pipeline.retry_of_trial"  # on a retried trial's run: the trial it repeats
-RETRY_RUN_TAG = "pipeline.retry_of_run"  # ... and that trial's run (ended KILLED by reconcile)
 INTERRUPTED = "interrupted (Ctrl-C or SIGTERM)"
 STUDY_PAGE = "study_figures.html"  # the parent run's artifact with the study figures
 
@@ -146,7 +163,7 @@ class TrialSummary:
     """One finished trial and the study's standing after it (for progress lines)."""
 
     number: int
-    state: str
+    state: TrialState
     value: float | None
     best: search.Best | None
     counts: search.Counts
@@ -220,7 +237,7 @@ class TrackedStudy:
         tracker: Tracker,
         *,
         name: str,
-        storage: search.Storage,
+        storage: Storage,
         storage_display: str,
         new: bool = False,
         trainer: Trainer | None = None,
@@ -253,7 +270,7 @@ class TrackedStudy:
         no trial of it has started yet (a new study's queued baseline or warm-start trials)."""
         folds = prep.folds.k if prep.folds is not None else 0
         stored = study.attr(FOLDS_ATTR)
-        started = [s for s in study.trial_states().values() if s != "WAITING"]
+        started = [s for s in study.trial_states().values() if s != TrialState.WAITING]
         if stored is None and not started:
             study.set_attr(FOLDS_ATTR, folds)
             return
@@ -284,9 +301,9 @@ class TrackedStudy:
                 parent_id = tracker.create_run(
                     f"study-{name}",
                     tags={
-                        "pipeline.kind": "study",
-                        "pipeline.study": name,
-                        "optuna.storage": storage_display,
+                        KIND_TAG: RunKind.STUDY,
+                        STUDY_TAG: name,
+                        STORAGE_TAG: storage_display,
                     },
                 )
                 tracker.log_params(
@@ -328,10 +345,10 @@ class TrackedStudy:
                     )
                     failed += 1
             for run_id, state in self._orphan_runs():
-                status = "FINISHED" if state in ("COMPLETE", "PRUNED") else "KILLED"
+                status = RunStatus.FINISHED if state.finished else RunStatus.KILLED
                 tags = {STATE_TAG: state}
-                if status == "KILLED":
-                    tags["error"] = "worker died mid-trial"
+                if status == RunStatus.KILLED:
+                    tags[ERROR_TAG] = "worker died mid-trial"
                 self.tracker.set_tags(run_id, tags)
                 self.tracker.end_run(run_id, status)
                 closed += 1
@@ -343,9 +360,9 @@ class TrackedStudy:
         running = self.tracker.running_trial_runs(self.parent_id)
         states = self.study.trial_states() if running else {}
         return [
-            (run_id, states.get(number, "FAIL"))
+            (run_id, states.get(number, TrialState.FAIL))
             for run_id, number in running
-            if states.get(number, "FAIL") != "RUNNING"
+            if states.get(number, TrialState.FAIL) != TrialState.RUNNING
         ]
 
     # -- 3. trials --------------------------------------------------------------------------
@@ -391,7 +408,7 @@ class TrackedStudy:
             started = time.monotonic()
             state, value = self.run_trial(trial)
             ran += 1
-            failures += state == "FAIL"
+            failures += state == TrialState.FAIL
             c = self.study.counts()  # one read per trial: progress and the next budget check
             if on_trial_end is not None:
                 seconds = time.monotonic() - started
@@ -402,7 +419,7 @@ class TrackedStudy:
                 return ran
         return ran
 
-    def run_trial(self, trial: search.Trial) -> tuple[str, float | None]:
+    def run_trial(self, trial: search.Trial) -> tuple[TrialState, float | None]:
         """Train one trial in its own MLflow run; returns (Optuna state, objective value).
 
         A failure (exception, NaN/inf) is recorded as FAIL with the reason and the run ends
@@ -411,18 +428,18 @@ class TrackedStudy:
         metrics = self.params.search.metrics
         metric = metrics[0]  # the one that prunes (single objective) and progress shows
         tags = {
-            "pipeline.study": self.name,
-            "pipeline.trial": str(trial.number),
-            STATE_TAG: "RUNNING",
+            STUDY_TAG: self.name,
+            TRIAL_TAG: str(trial.number),
+            STATE_TAG: TrialState.RUNNING,
         }
         if trial.retry_of is not None:  # a dead worker's trial, run again: link the two runs
             tags[RETRY_TAG] = str(trial.retry_of)
             if trial.retry_of_run:
                 tags[RETRY_RUN_TAG] = trial.retry_of_run
         if trial.warm_start_from:
-            tags["pipeline.warm_start_from"] = trial.warm_start_from
+            tags[WARM_TAG] = trial.warm_start_from
         if trial.baseline:
-            tags["pipeline.baseline"] = "true"
+            tags[BASELINE_TAG] = "true"
         told = False
 
         def hook(epoch: int, logs: dict[str, float]) -> bool:
@@ -435,7 +452,7 @@ class TrackedStudy:
                 f"trial-{trial.number:04d}",
                 parent_id=self.parent_id,
                 tags=tags,
-                failure_tags={STATE_TAG: "FAIL"},  # issue 8: with the FAILED end, in one write
+                failure_tags={STATE_TAG: TrialState.FAIL},  # with the FAILED end, one write
             ) as run_id:
                 trial.remember(search.RUN_ATTR, run_id)
                 try:
@@ -443,7 +460,7 @@ class TrackedStudy:
                         live.add_params(config.flatten(trial_params))  # with the first epochs
                         trained = self.trainer(trial_params, live, hook)
                         if trained.pruned:
-                            state, value = "PRUNED", None
+                            state, value = TrialState.PRUNED, None
                             extra = (
                                 {"pruned_after_fold": str(trained.folds_run)}
                                 if trained.folds_run
@@ -454,7 +471,7 @@ class TrackedStudy:
                             for m, v in zip(metrics, values, strict=True):
                                 if not math.isfinite(v):  # Optuna would store inf as COMPLETE
                                     raise TrainingDiverged(f"non-finite {m}: {v}")
-                            state, value = "COMPLETE", values[0]
+                            state, value = TrialState.COMPLETE, values[0]
                             extra = {RESULT_TAG: ",".join(map(repr, values))}
                         # The result goes on the run first (with the last epochs, after them),
                         # then into the study, then the run closes: a worker dying between
@@ -471,13 +488,13 @@ class TrackedStudy:
                     reason = INTERRUPTED if interrupted else f"{type(exc).__name__}: {exc}"
                     told = self._record_failure(trial, reason)  # the study first: it decides
                     with contextlib.suppress(Exception):  # best effort: the run's end status
-                        self.tracker.set_tags(run_id, {STATE_TAG: "FAIL"})  # says it too
+                        self.tracker.set_tags(run_id, {STATE_TAG: TrialState.FAIL})  # says it too
                     raise  # the original error, never one from recording it
         except Exception as exc:  # recorded above, or below if the run never started
             if not told:
                 self._record_failure(trial, f"{type(exc).__name__}: {exc}")
             log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
-            return "FAIL", None
+            return TrialState.FAIL, None
         except BaseException:
             if not told:
                 self._record_failure(trial, INTERRUPTED)
@@ -556,10 +573,10 @@ class TrackedStudy:
             champion = config.with_values(champion, refit, origin=f"{origin} (refit)")
         name = params.tracking.model_name or stages.experiment_name(params)
         tags = {
-            "pipeline.study": self.name,
-            "pipeline.kind": "champion",
-            "pipeline.best_trial": str(best.number),
-            "pipeline.trial_run": best.run_id,
+            STUDY_TAG: self.name,
+            KIND_TAG: RunKind.CHAMPION,
+            BEST_TRIAL_TAG: str(best.number),
+            TRIAL_RUN_TAG: best.run_id,
         }
         with self.tracker.run("champion", parent_id=self.parent_id, tags=tags) as run_id:
             self.tracker.log_params(run_id, config.flatten(champion))
@@ -599,7 +616,7 @@ class TrackedStudy:
         prep = self.prep.refit()
         self.tracker.set_tags(
             run_id,
-            {"pipeline.refit": f"all {len(prep.raw.y_train)} non-test rows, {epochs} epochs"},
+            {REFIT_TAG: f"all {len(prep.raw.y_train)} non-test rows, {epochs} epochs"},
         )
         result = stages.refit(champion, prep, epochs=epochs, seed=self.params.seed)
         self.tracker.log_history(run_id, result.history)
@@ -651,8 +668,7 @@ class TrackedStudy:
             report.study_page(f"study {self.name}: {', '.join(sp.metrics)}", self.study.figures()),
             STUDY_PAGE,
         )
-        maximize = sp.directions[0] == "maximize"
-        done = frame[frame["state"] == "COMPLETE"].sort_values("value", ascending=not maximize)
+        done = ranked(frame, sp.directions[0])
         col = f"user_attrs_{search.RUN_ATTR}"
         # Cross-validated trials log per-epoch curves per fold: show their first fold's.
         key = metric if self.prep.folds is None else f"fold0_{metric}"

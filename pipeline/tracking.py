@@ -16,7 +16,6 @@ import functools
 import json
 import logging
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -31,12 +30,23 @@ from urllib.parse import urlparse
 
 from pipeline.errors import TrackingError, TrialPruned
 from pipeline.locks import file_lock, pid_alive
+from pipeline.protocol import (
+    ERROR_TAG,
+    KIND_TAG,
+    PARENT_TAG,
+    RESULT_TAG,
+    STATE_TAG,
+    TRIAL_TAG,
+    WORKER_TAG,
+    RunKind,
+    RunStatus,
+    TrialState,
+)
+from pipeline.uris import mask_secret, sqlite_path, sqlite_uri
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HOME = Path("mlruns")
-PARENT_TAG = "mlflow.parentRunId"
-WORKER_TAG = "pipeline.worker"  # host:pid of the process that created the run
 _VERSIONED = ("tensorflow", "keras", "mlflow", "optuna", "pandas", "scikit-learn", "numpy")
 _MAX_PARAM_LEN = 6000
 # What one MLflow log_batch may carry: params and tags, each; and entities of all kinds.
@@ -48,12 +58,6 @@ LIVE_SECONDS = 2.0
 # ... and never sooner than this many times the last write took: writing stays near 1% of
 # training time on a slow store (see LiveMetrics).
 WRITE_SHARE_FACTOR = 100
-
-
-def mask_secret(uri: str) -> str:
-    """Hide the password of a URL, both `user:pw@host` and `?password=pw` forms."""
-    masked = re.sub(r"(://[^:/@]+):[^@/]+@", r"\1:***@", uri)
-    return re.sub(r"(?i)([?&](?:password|pwd|pass)=)[^&]+", r"\1***", masked)
 
 
 # -- store failures -----------------------------------------------------------------------------
@@ -159,29 +163,29 @@ def guard(display_uri: str, what: str, path: str | None = None) -> Iterator[None
 
 def default_uri(home: Path = DEFAULT_HOME) -> str:
     """`sqlite:///<abs>/mlruns/mlflow.db` - absolute, so it means the same from any cwd."""
-    return f"sqlite:///{(home / 'mlflow.db').resolve()}"
+    return sqlite_uri(home / "mlflow.db")
 
 
 def store_home(uri: str | None) -> Path:
     """The project's local folder for a store: the folder of a SQLite store's database, else
     `./mlruns` (a server's clients keep their local files, such as the data cache, there)."""
-    if uri and uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///") :]).resolve().parent
-    return DEFAULT_HOME.resolve()
+    db = sqlite_path(uri)
+    return db.resolve().parent if db is not None else DEFAULT_HOME.resolve()
 
 
 def _artifact_root(uri: str) -> str | None:
-    """Where a local store keeps artifacts: `artifacts/` beside its database file."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///") :]).parent / "artifacts").resolve().as_uri()
-    return None  # a tracking server decides (its --artifacts-destination)
+    """Where a local store keeps artifacts: `artifacts/` beside its database file. None for a
+    tracking server: it decides (its --artifacts-destination)."""
+    db = sqlite_path(uri)
+    return (db.parent / "artifacts").resolve().as_uri() if db is not None else None
 
 
 @contextmanager
 def _store_lock(uri: str) -> Iterator[None]:
     """Serialise schema creation of a local SQLite store across processes (no-op for servers)."""
-    if uri.startswith("sqlite:///"):
-        with file_lock(uri[len("sqlite:///") :] + ".lock"):
+    db = sqlite_path(uri)
+    if db is not None:
+        with file_lock(f"{db}.lock"):
             yield
     else:
         yield
@@ -217,7 +221,7 @@ def _ensure_sqlite_store(db: Path, artifact_root: str | None) -> None:
 
     tmp = db.with_name(f".{db.name}.creating-{os.getpid()}")
     try:
-        store = SqlAlchemyStore(f"sqlite:///{tmp}", artifact_root or db.parent.as_uri())
+        store = SqlAlchemyStore(sqlite_uri(tmp), artifact_root or db.parent.as_uri())
         store.engine.dispose()
         os.replace(tmp, db)
     finally:
@@ -289,7 +293,7 @@ def _end_unended_runs() -> None:
     import mlflow
 
     exc = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
-    status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+    status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
     reason = f"{type(exc).__name__}: {exc}" if exc is not None else "no exception"
     error = mask_secret(f"the process exited without ending this run ({reason})")[:5000]
     active = mlflow.active_run()
@@ -301,7 +305,7 @@ def _end_unended_runs() -> None:
         if pid != os.getpid():
             continue
         try:
-            client.set_tag(run_id, "error", error)
+            client.set_tag(run_id, ERROR_TAG, error)
             client.set_terminated(run_id, status)
         except Exception as failed:  # noqa: BLE001 - the next start closes it (reconcile)
             log.warning("run %s could not be marked %s at exit: %s", run_id, status, failed)
@@ -323,8 +327,9 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.uri = uri or default_uri()
-        if self.uri.startswith("sqlite:///"):
-            Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite_path(self.uri)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
         elif urlparse(self.uri).scheme in ("", "file"):
             raise TrackingError(
                 f"--tracking-uri {mask_secret(self.uri)}: plain file stores are refused by MLflow "
@@ -337,7 +342,7 @@ class Tracker:
         self.experiment_name = experiment
         # run id -> artifact location, for the runs this tracker created and has not ended
         self._artifact_uris: dict[str, str] = {}
-        self._db_path = self.uri[len("sqlite:///") :] if self.uri.startswith("sqlite:///") else None
+        self._db_path = str(db) if db is not None else None
         # Several processes opening a fresh SQLite store at once race on MLflow's schema
         # migration ("duplicate column name"); the first one creates it while the rest wait.
         with guard(self.display_uri, "opening the store", self._db_path), _store_lock(self.uri):
@@ -410,7 +415,7 @@ class Tracker:
         """
         if resume_id:
             _end_unended_runs_at_exit()
-            self.client.update_run(resume_id, status="RUNNING")
+            self.client.update_run(resume_id, status=RunStatus.RUNNING)
             _UNENDED[resume_id] = (self.client, os.getpid())
             run_id = resume_id
         else:
@@ -418,15 +423,17 @@ class Tracker:
         try:
             yield run_id
         except TrialPruned:
-            self._close_after(run_id, "FINISHED")
+            self._close_after(run_id, RunStatus.FINISHED)
             raise
         except KeyboardInterrupt:
-            self._close_after(run_id, "KILLED", None, failure_tags)
+            self._close_after(run_id, RunStatus.KILLED, None, failure_tags)
             raise
         except BaseException as exc:
-            self._close_after(run_id, "FAILED", f"{type(exc).__name__}: {exc}", failure_tags)
+            self._close_after(
+                run_id, RunStatus.FAILED, f"{type(exc).__name__}: {exc}", failure_tags
+            )
             raise
-        self.end_run(run_id, "FINISHED")
+        self.end_run(run_id, RunStatus.FINISHED)
 
     def _close_after(
         self,
@@ -439,7 +446,7 @@ class Tracker:
         try:
             final = dict(tags or {})
             if error is not None:
-                final["error"] = mask_secret(error)[:5000]
+                final[ERROR_TAG] = mask_secret(error)[:5000]
             if final:
                 self.set_tags(run_id, final)
             self.end_run(run_id, status)
@@ -467,13 +474,13 @@ class Tracker:
         for r in found:
             tags = r.data.tags
             pid = tags.get(WORKER_TAG, "").rpartition(":")[2]
-            if tags.get("pipeline.kind") not in ("train", "champion") or not pid.isdigit():
+            if tags.get(KIND_TAG) not in (RunKind.TRAIN, RunKind.CHAMPION) or not pid.isdigit():
                 continue
             if pid_alive(int(pid)):
                 continue
             error = f"process {pid} ended without closing this run (killed, or its store failed)"
-            self.set_tags(r.info.run_id, {"error": error})
-            self.client.set_terminated(r.info.run_id, "FAILED")
+            self.set_tags(r.info.run_id, {ERROR_TAG: error})
+            self.client.set_terminated(r.info.run_id, RunStatus.FAILED)
             log.warning("closed run %s: process %s left it RUNNING", r.info.run_id, pid)
             closed += 1
         return closed
@@ -494,12 +501,12 @@ class Tracker:
         """(run id, trial number) of the parent's trial runs still marked RUNNING."""
         found = self.runs(f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = 'RUNNING'")
         return [
-            (r.info.run_id, int(r.data.tags["pipeline.trial"]))
+            (r.info.run_id, int(r.data.tags[TRIAL_TAG]))
             for r in found
-            if r.data.tags.get("pipeline.trial", "").isdigit()
+            if r.data.tags.get(TRIAL_TAG, "").isdigit()
         ]
 
-    def trial_result(self, run_id: str) -> tuple[str, float | list[float] | None] | None:
+    def trial_result(self, run_id: str) -> tuple[TrialState, float | list[float] | None] | None:
         """(state, value) a trial run recorded once it was fully logged (a multi-objective
         trial's values as a list), or None if it never got that far (its worker died before
         the end of training and logging)."""
@@ -509,12 +516,12 @@ class Tracker:
             raise
         except Exception:  # noqa: BLE001 - MLflow raises its own not-found exception
             return None
-        state = tags.get("optuna.state")
-        if state == "PRUNED":
-            return state, None
-        if state == "COMPLETE" and "pipeline.objective" in tags:
-            values = [float(v) for v in tags["pipeline.objective"].split(",")]
-            return state, values if len(values) > 1 else values[0]
+        state = tags.get(STATE_TAG)
+        if state == TrialState.PRUNED:
+            return TrialState.PRUNED, None
+        if state == TrialState.COMPLETE and RESULT_TAG in tags:
+            values = [float(v) for v in tags[RESULT_TAG].split(",")]
+            return TrialState.COMPLETE, values if len(values) > 1 else values[0]
         return None
 
     def metric_history(self, run_id: str, key: str) -> list[float]:
@@ -681,7 +688,7 @@ class Tracker:
                     pip_requirements=_pip_requirements(),
                 )
             # fluent end_run above marked it FINISHED; the caller's context sets the real end.
-            self.client.update_run(run_id, status="RUNNING")
+            self.client.update_run(run_id, status=RunStatus.RUNNING)
         version = None
         if register_as:
             with guard(self.display_uri, "registering the model", self._db_path):

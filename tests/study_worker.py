@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from pipeline import config, search, stages
+from pipeline.storage import make_storage
 from pipeline.study import TrackedStudy, Trained
 from pipeline.tracking import LiveMetrics, Tracker
 
@@ -114,7 +115,7 @@ def main() -> None:
         (folder / f"{name}.ready").touch()
         while not (folder / "go").exists():
             time.sleep(0.001)
-    storage = search.make_storage(a.storage)  # first thing after the barrier: the schema race
+    storage = make_storage(a.storage)  # first thing after the barrier: the schema race
     tracker = Tracker(params.tracking.uri, "stub")
     tracked = TrackedStudy.open(
         params,

@@ -23,6 +23,7 @@ import pytest
 from conftest import FaultAudit, mlflow_server
 
 from pipeline import run, search
+from pipeline.storage import make_storage
 from pipeline.study import Trained
 
 TINY = ["--set", "model.hidden=[4]", "--set", "train.epochs=2"]
@@ -308,7 +309,7 @@ def study_audit(fault_audit: FaultAudit, store: str, journal: Path, study: str) 
     import mlflow
     import optuna
 
-    trials = optuna.load_study(study_name=study, storage=search.make_storage(str(journal)).backend)
+    trials = optuna.load_study(study_name=study, storage=make_storage(str(journal)).backend)
     client = mlflow.MlflowClient(store)
     exps = [e.experiment_id for e in client.search_experiments()]
     runs = [
@@ -381,18 +382,18 @@ def test_a_journal_append_the_full_disk_refuses_leaves_the_journal_readable(work
     import optuna
 
     with tmpfs(workdir / "disk", "1m") as disk:
-        storage = search.make_storage(str(disk / "journal.log"))
+        storage = make_storage(str(disk / "journal.log"))
         study = optuna.create_study(study_name="s", storage=storage.backend)
         study.enqueue_trial({"x": 1.0})
         filler = fill(disk, leave=2000)  # room for a part of the next record, not all of it
         with pytest.raises(OSError):
             study.set_user_attr("big", "x" * 20_000)
         filler.unlink()
-        again = search.make_storage(str(disk / "journal.log"))  # a fresh reader of the file
+        again = make_storage(str(disk / "journal.log"))  # a fresh reader of the file
         study = optuna.load_study(study_name="s", storage=again.backend)
         study.set_user_attr("after", "ok")  # appends go on where the journal was whole
         reread = optuna.load_study(
-            study_name="s", storage=search.make_storage(str(disk / "journal.log")).backend
+            study_name="s", storage=make_storage(str(disk / "journal.log")).backend
         )
         fault_audit.record()
         assert reread.user_attrs == {"after": "ok"} and len(reread.trials) == 1
@@ -476,7 +477,7 @@ def _trials_and_runs(workdir: Path, study: str = "iris-softmax") -> tuple[list, 
     import mlflow
     import optuna
 
-    journal = search.make_storage(str(workdir / "mlruns" / "optuna-journal.log")).backend
+    journal = make_storage(str(workdir / "mlruns" / "optuna-journal.log")).backend
     trials = optuna.load_study(study_name=study, storage=journal).trials
     client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name(study).experiment_id])
@@ -816,7 +817,7 @@ def _failed_trials(journal: Path, study: str) -> list[str]:
     import optuna
 
     with contextlib.suppress(KeyError):
-        storage = search.make_storage(str(journal)).backend
+        storage = make_storage(str(journal)).backend
         trials = optuna.load_study(study_name=study, storage=storage).trials
         return [str(t.user_attrs.get(search.REASON_ATTR)) for t in trials if t.state.name == "FAIL"]
     return []
@@ -832,7 +833,7 @@ def _trial_in_fit(journal: Path, study: str, proc: subprocess.Popen[str], *, aft
         if proc.poll() is not None:
             raise AssertionError(proc.communicate()[1][-3000:])
         with contextlib.suppress(KeyError, OSError):
-            storage = search.make_storage(str(journal)).backend
+            storage = make_storage(str(journal)).backend
             running = optuna.load_study(study_name=study, storage=storage).get_trials(
                 states=[optuna.trial.TrialState.RUNNING]
             )

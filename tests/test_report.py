@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from study_worker import study_params
 
-from pipeline import config, run, search, stages
+from pipeline import config, run, stages
+from pipeline.storage import make_storage
 from pipeline.study import STUDY_PAGE, TrackedStudy, Trained
 from pipeline.tracking import LiveMetrics, Tracker
 
@@ -48,7 +49,7 @@ def tracked_study(workdir: Path, n_trials: int) -> TrackedStudy:
         stages.prepare(params),
         tracker,
         name="stub",
-        storage=search.make_storage(str(workdir / "mlruns" / "optuna-journal.log")),
+        storage=make_storage(str(workdir / "mlruns" / "optuna-journal.log")),
         storage_display="test",
         trainer=stub_trainer,
     )

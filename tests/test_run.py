@@ -10,6 +10,7 @@ from conftest import MISSION_KEYS, free_port, mlflow_server, require_postgres, w
 from pipeline import config, machine, run, stages
 from pipeline.commands.common import make_tracker
 from pipeline.errors import PipelineError
+from pipeline.storage import make_storage
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -442,7 +443,7 @@ def test_search_resumes_to_the_total_registers_a_champion_and_predict_reproduces
 
     study = search.open_study(
         "default",
-        search.make_storage(str(workdir / "mlruns" / "optuna-journal.log")),
+        make_storage(str(workdir / "mlruns" / "optuna-journal.log")),
         params_for_space().search,
         seed=0,
         max_epochs=3,
@@ -579,7 +580,7 @@ def _wait_for_running_trials(workdir, proc, n, timeout=180.0):
         if proc.poll() is not None:
             raise AssertionError(proc.communicate()[1][-3000:])
         if journal.is_file():
-            storage = search.make_storage(str(journal)).backend
+            storage = make_storage(str(journal)).backend
             with contextlib.suppress(KeyError):  # the study is not created yet
                 study = optuna.load_study(study_name="default", storage=storage)
                 running = [
@@ -604,8 +605,6 @@ def test_interrupt_ends_runs_killed_marks_the_trial_and_exits_130(
 
     import mlflow
 
-    from pipeline import search
-
     proc = _start_search(workdir, store_uri, "--trials", "3", sigint=sigint)
     trial_run = _wait_for_running_trial(workdir, proc)
     proc.send_signal(getattr(signal, signame))
@@ -615,7 +614,7 @@ def test_interrupt_ends_runs_killed_marks_the_trial_and_exits_130(
     runs = mlflow.MlflowClient(store_uri).search_runs(["1"])
     assert all(r.info.status != "RUNNING" for r in runs)
     assert {r.info.run_id: r.info.status for r in runs}[trial_run] == "KILLED"
-    storage = search.make_storage(str(workdir / "mlruns" / "optuna-journal.log")).backend
+    storage = make_storage(str(workdir / "mlruns" / "optuna-journal.log")).backend
     import optuna
 
     study = optuna.load_study(study_name="default", storage=storage)
@@ -651,7 +650,7 @@ def test_ctrl_c_to_a_search_with_workers_stops_every_worker_and_leaves_nothing_r
     runs = {r.info.run_id: r.info.status for r in mlflow.MlflowClient(store_uri).search_runs(["1"])}
     assert "RUNNING" not in runs.values(), runs
     assert {runs[r] for r in trial_runs} == {"KILLED"}
-    storage = search.make_storage(str(workdir / "mlruns" / "optuna-journal.log")).backend
+    storage = make_storage(str(workdir / "mlruns" / "optuna-journal.log")).backend
     study = optuna.load_study(study_name="default", storage=storage)
     states = {t.user_attrs.get(search.RUN_ATTR): t.state.name for t in study.trials}
     assert "RUNNING" not in states.values(), states
@@ -676,7 +675,7 @@ def test_a_killed_worker_is_reconciled_on_the_next_start(workdir, store_uri, cap
     assert run.main(["search", "--tracking-uri", store_uri, "--trials", "1", *FAST]) == 0
     old = client.get_run(trial_run)
     assert old.info.status == "KILLED" and old.data.tags["optuna.state"] == "FAIL"
-    storage = search.make_storage(str(workdir / "mlruns" / "optuna-journal.log")).backend
+    storage = make_storage(str(workdir / "mlruns" / "optuna-journal.log")).backend
     study = optuna.load_study(study_name="default", storage=storage)
     states = [t.state.name for t in study.trials]
     assert states == ["FAIL", "COMPLETE"]
@@ -834,9 +833,8 @@ def test_search_metric_must_suit_the_task(workdir, capsys):
 
 def search_storage(workdir: Path):
     """The default Optuna storage of a search run in `workdir`."""
-    from pipeline import search
 
-    return search.make_storage(str(workdir / "mlruns" / "optuna-journal.log"))
+    return make_storage(str(workdir / "mlruns" / "optuna-journal.log"))
 
 
 def diabetes_csv(path: Path) -> Path:
@@ -915,7 +913,7 @@ def test_warm_start_tries_the_earlier_studys_best_params_first(workdir, store_ur
     argv = ["search", "--tracking-uri", store_uri, "--study", "second", *tiny]
     # Another seed: what its sampler would propose on its own differs from study first's.
     assert run.main([*argv, "--seed", "7", "--warm-start", "first", "--set", "search.top_k=2"]) == 0
-    journal = search.make_storage(str(workdir / "mlruns" / "optuna-journal.log"))
+    journal = make_storage(str(workdir / "mlruns" / "optuna-journal.log"))
     first, second = (
         search.existing_study(name, journal.url, params_for_space().search)._trials()
         for name in ("first", "second")
@@ -1001,7 +999,7 @@ def test_worker_processes_are_recycled_after_recycle_after_trials(workdir, store
     assert run.main(argv) == 0
     study = search.open_study(
         "default",
-        search.make_storage(str(workdir / "mlruns" / "optuna-journal.log")),
+        make_storage(str(workdir / "mlruns" / "optuna-journal.log")),
         params_for_space().search,
         seed=0,
         max_epochs=3,
@@ -1092,7 +1090,7 @@ def test_a_cross_validated_search_ranks_trials_by_their_fold_mean_and_refits_the
         int(r.data.tags["pipeline.trial"]): r for r in runs if "pipeline.trial" in r.data.tags
     }
     params = config.load(REPO / "params" / "iris.yaml", sets)
-    journal = search.make_storage(str(workdir / "mlruns" / "optuna-journal.log"))
+    journal = make_storage(str(workdir / "mlruns" / "optuna-journal.log"))
     study = search.open_study("iris-softmax", journal, params.search, seed=0, max_epochs=30)
     objectives = study.values()
     assert sorted(objectives) == sorted(trials) == [0, 1]

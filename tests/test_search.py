@@ -11,6 +11,7 @@ from conftest import require_postgres
 from pipeline import search
 from pipeline.config import SearchParams
 from pipeline.errors import SearchError
+from pipeline.storage import make_storage
 
 SPACE = {
     "model.activation": {"choices": ["relu", "tanh"]},
@@ -27,7 +28,7 @@ def params(**kw):
 
 
 def study_at(tmp_path, p=None, name="s", **kw):
-    storage = search.make_storage(str(tmp_path / "journal.log"))
+    storage = make_storage(str(tmp_path / "journal.log"))
     return search.open_study(name, storage, p or params(), seed=0, max_epochs=10, **kw)
 
 
@@ -168,12 +169,12 @@ def test_the_storage_lock_excludes_other_processes(tmp_path):
     import subprocess
     import sys
 
-    storage = search.make_storage(str(tmp_path / "journal.log"))
+    storage = make_storage(str(tmp_path / "journal.log"))
     probe = (
-        "import sys; from pipeline import search\n"
-        "s = search.make_storage(sys.argv[1])\n"
+        "import sys; from pipeline.storage import _slug, make_storage\n"
+        "s = make_storage(sys.argv[1])\n"
         "import fcntl\n"
-        "path = s.url + '.pipeline-' + search._slug('x') + '.lock'\n"
+        "path = s.url + '.pipeline-' + _slug('x') + '.lock'\n"
         "f = open(path, 'a')\n"
         "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
         "except BlockingIOError:\n    print('held')\n"
@@ -191,9 +192,9 @@ def test_postgresql_storage_shares_one_study():
     pg_url = require_postgres()
     name = f"pipeline-test-{os.getpid()}"
     try:
-        a = search.open_study(name, search.make_storage(pg_url), params(), seed=0, max_epochs=10)
+        a = search.open_study(name, make_storage(pg_url), params(), seed=0, max_epochs=10)
         drive(a, 2)
-        b = search.open_study(name, search.make_storage(pg_url), params(), seed=0, max_epochs=10)
+        b = search.open_study(name, make_storage(pg_url), params(), seed=0, max_epochs=10)
         drive(b, 3)
         assert b.counts().complete == 3
     finally:
@@ -202,7 +203,7 @@ def test_postgresql_storage_shares_one_study():
 
 def test_storage_error_masks_the_password():
     with pytest.raises(SearchError) as err:
-        search.make_storage("postgresql://bob:hunter2@127.0.0.1:1/none")
+        make_storage("postgresql://bob:hunter2@127.0.0.1:1/none")
     assert "hunter2" not in str(err.value) and "***" in str(err.value)
 
 
@@ -331,7 +332,7 @@ def test_warm_start_queues_an_earlier_studys_best_params_once_and_drops_drifted_
             gate.wait()
             search.open_study(
                 "second",
-                search.make_storage(str(tmp_path / "journal.log")),
+                make_storage(str(tmp_path / "journal.log")),
                 p,
                 seed=0,
                 max_epochs=10,
@@ -391,7 +392,7 @@ def test_the_median_pruner_judges_a_trial_after_a_third_of_its_epochs(
 ):
     """A trial far behind the median is left alone for the first third of the epoch budget
     (at least 3 epochs: a slow start is not a bad end) and stopped at the first step after."""
-    storage = search.make_storage(str(tmp_path / "journal.log"))
+    storage = make_storage(str(tmp_path / "journal.log"))
     study = search.open_study(
         "warmup", storage, params(pruner="median"), seed=0, max_epochs=max_epochs
     )
@@ -409,7 +410,7 @@ def test_a_new_study_trains_the_configured_values_first_once(tmp_path):
     """The searched keys' configured values are trial 0 (a value outside the space is left
     to the sampler), queued once however often the study is opened, and trial 1 on is
     sampled."""
-    storage = search.make_storage(str(tmp_path / "journal.log"))
+    storage = make_storage(str(tmp_path / "journal.log"))
 
     def opened():
         return search.open_study(

@@ -14,6 +14,7 @@ import pytest
 from conftest import require_postgres
 
 from pipeline import search
+from pipeline.storage import make_storage
 
 WORKER = Path(__file__).with_name("study_worker.py")
 N_TRIALS = 3
@@ -44,7 +45,7 @@ def trained(workdir: Path) -> list[dict]:
 def check_store_agrees_with_study(workdir: Path, storage: str) -> dict[int, str]:
     """Every trial that has a run: the run's status and state tag match the Optuna state;
     every trial run belongs to exactly one trial; nothing is left RUNNING."""
-    study = search.open_study("stub", search.make_storage(storage), _space(), seed=0, max_epochs=3)
+    study = search.open_study("stub", make_storage(storage), _space(), seed=0, max_epochs=3)
     _, runs = store(workdir)
     assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
     by_id = {r.info.run_id: r for r in runs}
@@ -100,9 +101,7 @@ def test_a_worker_killed_at_any_step_of_a_trial_leaves_store_and_study_in_agreem
     assert len(runs_trained) == N_TRIALS + (1 if step == "during_fit" else 0)
     if step in ("before_fit", "during_fit"):
         assert list(states.values()).count("FAIL") == 1
-        study = search.open_study(
-            "stub", search.make_storage(storage), _space(), seed=0, max_epochs=3
-        )
+        study = search.open_study("stub", make_storage(storage), _space(), seed=0, max_epochs=3)
         retry = [t for t in study._trials() if "retry_of" in t.user_attrs]
         assert len(retry) == 1 and retry[0].params == study._trials()[1].params
         # The retry's new run links to the killed trial's run (ended KILLED by reconcile).
@@ -213,7 +212,7 @@ def _learner_then_non_learner(workdir: Path, name: str, *overrides: str):
         prep,
         tracker,
         name=name,
-        storage=search.make_storage(str(workdir / "journal.log")),
+        storage=make_storage(str(workdir / "journal.log")),
         storage_display="test",
     )
     for lr in (0.05, 1.0e-6):  # the learning trial first, then the one that cannot learn
@@ -266,7 +265,7 @@ def test_ctrl_c_is_not_masked_when_recording_the_trial_fails(workdir, monkeypatc
         prep,
         Tracker(params.tracking.uri, "stub"),
         name="stub",
-        storage=search.make_storage(str(workdir / "journal.log")),
+        storage=make_storage(str(workdir / "journal.log")),
         storage_display="test",
         trainer=interrupted,
     )
@@ -323,7 +322,7 @@ def test_a_trials_curves_reach_the_store_while_it_trains_and_end_complete(workdi
         prep,
         tracker,
         name="live",
-        storage=search.make_storage(str(workdir / "journal.log")),
+        storage=make_storage(str(workdir / "journal.log")),
         storage_display="test",
         trainer=trainer,
     )

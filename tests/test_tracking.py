@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import tracking
+from pipeline import tracking, uris
 from pipeline.errors import TrackingError, TrialPruned
 
 
@@ -15,7 +15,7 @@ from pipeline.errors import TrackingError, TrialPruned
     ],
 )
 def test_mask_secret_hides_passwords(uri, secret):
-    masked = tracking.mask_secret(uri)
+    masked = uris.mask_secret(uri)
     assert secret not in masked and "***" in masked
 
 

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline import protocol
 from pipeline.commands.common import add_common, load_params, make_tracker
 from pipeline.errors import PipelineError
 
@@ -56,8 +57,8 @@ def trials_frame(
 
     from pipeline.config import direction_of
 
-    runs = tracker.runs(f"tags.`pipeline.study` = '{study}'")
-    trials = [r for r in runs if "pipeline.trial" in r.data.tags]
+    runs = tracker.runs(f"tags.`{protocol.STUDY_TAG}` = '{study}'")
+    trials = [r for r in runs if protocol.TRIAL_TAG in r.data.tags]
     if not trials:
         raise PipelineError(
             f"no trials of study {study!r} in {tracker.display_uri} (experiment "
@@ -74,8 +75,8 @@ def trials_frame(
     rows = []
     for r in trials:
         row = {
-            "number": int(r.data.tags["pipeline.trial"]),
-            "state": r.data.tags.get("optuna.state", "?"),
+            "number": int(r.data.tags[protocol.TRIAL_TAG]),
+            "state": r.data.tags.get(protocol.STATE_TAG, "?"),
             "value": r.data.metrics.get(metrics[0]),
             **{m: r.data.metrics.get(m) for m in metrics[1:]},
             "epochs": r.data.metrics.get("epochs_run"),
@@ -92,7 +93,10 @@ def _as_list(value: Any) -> list[str]:
 
 def _champion_run(tracker: Tracker, study: str) -> str | None:
     """The study's latest champion run, if one was made."""
-    runs = tracker.runs(f"tags.`pipeline.study` = '{study}' and tags.`pipeline.kind` = 'champion'")
+    runs = tracker.runs(
+        f"tags.`{protocol.STUDY_TAG}` = '{study}' and "
+        f"tags.`{protocol.KIND_TAG}` = '{protocol.RunKind.CHAMPION}'"
+    )
     return max(runs, key=lambda r: r.info.start_time).info.run_id if runs else None
 
 
@@ -106,8 +110,7 @@ def main(args: argparse.Namespace) -> int:
     keys = list(params.search.space)
     frame, metrics, directions = trials_frame(tracker, study, params.search, keys)
     metric, others = metrics[0], metrics[1:]
-    maximize = directions[0] == "maximize"
-    ranked = frame[frame["state"] == "COMPLETE"].sort_values("value", ascending=not maximize)
+    ranked = protocol.ranked(frame, directions[0])
     shown = [
         {
             "trial": r["number"],

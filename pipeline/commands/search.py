@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pipeline import machine
+from pipeline import machine, protocol
 from pipeline.commands.common import add_common, load_params, make_tracker
 from pipeline.errors import PipelineError
 
@@ -96,9 +96,10 @@ def default_workers() -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline import search, stages
+    from pipeline import stages
+    from pipeline.storage import default_storage, make_storage
     from pipeline.study import TrackedStudy
-    from pipeline.tracking import mask_secret
+    from pipeline.uris import mask_secret
 
     params = load_params(args)
     if args.workers is None:
@@ -111,13 +112,13 @@ def main(args: argparse.Namespace) -> int:
     stages.start_keras(workers=args.workers)
     tracker = make_tracker(params)
     name = args.study or stages.experiment_name(params)
-    storage_url = args.storage or search.default_storage()
+    storage_url = args.storage or default_storage()
     tracked = TrackedStudy.open(
         params,
         prep,
         tracker,
         name=name,
-        storage=search.make_storage(storage_url),
+        storage=make_storage(storage_url),
         storage_display=mask_secret(storage_url),
         new=args.new and not args.spawned,
     )
@@ -266,8 +267,7 @@ def _print_study(tracked: TrackedStudy, params: config.Params) -> None:
     if frame.empty:
         return
     sp = params.search
-    maximize = sp.directions[0] == "maximize"
-    done = frame[frame["state"] == "COMPLETE"].sort_values("value", ascending=not maximize)
+    done = protocol.ranked(frame, sp.directions[0])
     cols = ["number", "value", *sp.metrics[1:], *[f"params_{k}" for k in sp.space]]
     rows = [
         {c.replace("params_", ""): r[c] for c in cols if c in r}

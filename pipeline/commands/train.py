@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from pipeline.commands.common import add_common, load_params, make_tracker
+from pipeline.protocol import KIND_TAG, RunKind
 
 log = logging.getLogger("pipeline")
 
@@ -28,7 +29,7 @@ def main(args: argparse.Namespace) -> int:
     )
     if params.split.cross_validated:
         log.info("split.folds scores search trials; train uses the train/val/test split")
-    with tracker.run("train", tags={"pipeline.kind": "train"}) as run_id:
+    with tracker.run("train", tags={KIND_TAG: RunKind.TRAIN}) as run_id:
         tracker.log_params(run_id, config.flatten(params))
         stages.log_dataset(tracker, run_id, params, prep)
         with tracker.live_metrics(run_id) as live:
