@@ -9,6 +9,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pipeline.errors import PipelineError
+
+WORKERS_ENV = "PIPELINE_WORKERS"  # the --workers default when the flag is not given
+# What `auto` budgets per worker: a digits worker holds ~1.0 GiB resident after 20 trials
+# (bench/memory.py), so a machine with little free memory gets fewer.
+WORKER_MEMORY = 1.25 * 2**30
+
 
 def usable_cores() -> int:
     """The cores in this process's CPU affinity, or fewer under a container's CPU quota
@@ -44,3 +51,26 @@ def _cgroup(name: str) -> str | None:
         return Path("/sys/fs/cgroup", name).read_text(encoding="ascii").strip()
     except OSError:
         return None
+
+
+def auto_workers() -> int:
+    """`--workers auto`: one single-threaded worker per core this process may use, but no
+    more than the free memory holds at WORKER_MEMORY each, and always at least one."""
+    cores = usable_cores()
+    free = available_memory()
+    fit = cores if free is None else int(free // WORKER_MEMORY)
+    return max(1, min(cores, fit))
+
+
+def default_workers() -> int:
+    """The worker count when --workers is not given: $PIPELINE_WORKERS, else `auto`."""
+    text = os.environ.get(WORKERS_ENV, "auto").strip()
+    if text == "auto":
+        return auto_workers()
+    workers = int(text) if text.isdigit() else 0
+    if workers < 1:
+        raise PipelineError(
+            f"{WORKERS_ENV}={text!r}: give a number of worker processes (1 or more) or "
+            "`auto`, or unset it for `auto`."
+        )
+    return workers

@@ -31,18 +31,14 @@ def predict_argv(model_uri: str, store_uri: str) -> list[str]:
 
 
 def test_bare_command_means_search_and_flags_parse(monkeypatch):
-    from pipeline.commands import search as cmd
-
     assert run.parse_args([]).command == "search"
-    monkeypatch.setattr(cmd, "auto_workers", lambda: 5)
+    monkeypatch.setattr(machine, "auto_workers", lambda: 5)
     assert run.parse_args(["--workers", "auto"]).workers == 5
     args = run.parse_args(["--trials", "3", "--set", "model.dropout=0.1"])
     assert args.command == "search" and args.trials == 3 and args.overrides == ["model.dropout=0.1"]
 
 
 def test_workers_default_to_one_per_core_as_memory_allows_or_the_environment(monkeypatch):
-    from pipeline.commands import search as cmd
-
     assert run.parse_args([]).workers is None  # decided in main: $PIPELINE_WORKERS or auto
     assert machine.available_memory() > 0  # MemAvailable is read on Linux
     monkeypatch.delenv("PIPELINE_WORKERS")
@@ -51,20 +47,18 @@ def test_workers_default_to_one_per_core_as_memory_allows_or_the_environment(mon
     gib = 2**30
     for free, expected in [(100 * gib, 8), (int(2.6 * gib), 2), (gib // 2, 1), (None, 8)]:
         monkeypatch.setattr(machine, "available_memory", lambda free=free: free)
-        assert cmd.default_workers() == expected, free
+        assert machine.default_workers() == expected, free
     monkeypatch.setenv("PIPELINE_WORKERS", "3")
-    assert cmd.default_workers() == 3
+    assert machine.default_workers() == 3
     for bad in ("many", "0"):
         monkeypatch.setenv("PIPELINE_WORKERS", bad)
         with pytest.raises(PipelineError, match=f"PIPELINE_WORKERS='{bad}'"):
-            cmd.default_workers()
+            machine.default_workers()
 
 
 def test_auto_workers_obey_a_containers_cpu_quota_and_memory_limit(monkeypatch):
     """In a container the affinity and MemAvailable show the host; cgroup v2 says what the
     container may use (`docker run --cpus 1.5 --memory 3g` on an 8-core host: 2 cores)."""
-    from pipeline.commands import search as cmd
-
     gib = 2**30
     monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: set(range(8)))
     files = {"cpu.max": "150000 100000"}
@@ -74,7 +68,7 @@ def test_auto_workers_obey_a_containers_cpu_quota_and_memory_limit(monkeypatch):
     assert machine.usable_cores() == 8
     files.update({"memory.max": str(3 * gib), "memory.current": str(gib // 2)})
     assert machine.available_memory() <= 3 * gib - gib // 2
-    assert cmd.auto_workers() == 2  # 2.5 GiB of room holds two workers of 1.25 GiB
+    assert machine.auto_workers() == 2  # 2.5 GiB of room holds two workers of 1.25 GiB
     files.update({"memory.max": "max", "memory.current": str(2**50)})  # no limit: not used
     assert machine.available_memory() > 0
 
@@ -87,15 +81,17 @@ def test_the_bare_search_starts_one_worker_per_core_and_they_share_one_study(
     more than it has trials, and they give one study: one parent, each trial once."""
     import mlflow
 
-    from pipeline.commands import search as cmd
+    from pipeline import workers
 
     monkeypatch.delenv("PIPELINE_WORKERS")
     started: list[int] = []
-    spawn = cmd._spawn_workers
+    start = workers.LocalProcesses.start
     monkeypatch.setattr(
-        cmd, "_spawn_workers", lambda a, k, m, d: started.append(k) or spawn(a, k, m, d)
+        workers.LocalProcesses,
+        "start",
+        lambda self, plan, k: started.append(k) or start(self, plan, k),
     )
-    monkeypatch.setattr(cmd, "auto_workers", lambda: 2)  # what 2 cores with room give
+    monkeypatch.setattr(machine, "auto_workers", lambda: 2)  # what 2 cores with room give
     argv = ["search", "--tracking-uri", store_uri, *FAST]
     assert run.main([*argv, "--trials", "3"]) == 0
     assert started == [1]
@@ -112,7 +108,7 @@ def test_the_bare_search_starts_one_worker_per_core_and_they_share_one_study(
 def test_every_process_of_a_search_stops_at_the_one_timeout_deadline(monkeypatch):
     """--timeout is one moment for the command: a worker started later (a --workers child, or
     one replacing a recycled worker) gets the parent's deadline, not a fresh timeout."""
-    from pipeline.commands import search as cmd
+    from pipeline import workers
 
     started: list[list[str]] = []
 
@@ -120,8 +116,9 @@ def test_every_process_of_a_search_stops_at_the_one_timeout_deadline(monkeypatch
         def __init__(self, argv: list[str]) -> None:
             started.append(argv)
 
-    monkeypatch.setattr(cmd.subprocess, "Popen", Child)
-    cmd._spawn_workers(["search", "--timeout", "60"], 2, 3, 1234567.25)
+    monkeypatch.setattr(workers.subprocess, "Popen", Child)
+    plan = workers.WorkerPlan(("search", "--timeout", "60"), 3, 3, 1234567.25)
+    workers.LocalProcesses().start(plan, 2)
     assert len(started) == 2
     for argv in started:
         tail = argv[argv.index("--spawned") :]
@@ -153,10 +150,10 @@ def test_a_recycled_worker_leaves_the_champion_to_the_last_worker(workdir, store
     used once, for the best of all trials), even when no other trial is running then."""
     import mlflow
 
-    from pipeline.commands import search as cmd
+    from pipeline import workers
 
     argv = ["search", "--tracking-uri", store_uri, "--trials", "3", *FAST]
-    assert run.main([*argv, "--workers", "1", "--spawned", "--max-trials", "1"]) == cmd.RECYCLED
+    assert run.main([*argv, "--workers", "1", "--spawned", "--max-trials", "1"]) == workers.RECYCLED
     runs = mlflow.MlflowClient(store_uri).search_runs(["1"], max_results=100)
     assert [r.data.tags["pipeline.trial"] for r in runs if "pipeline.trial" in r.data.tags] == ["0"]
     assert [r for r in runs if r.data.tags.get("pipeline.kind") == "champion"] == []
@@ -171,16 +168,16 @@ def test_the_timeout_becomes_one_deadline_handed_to_replacement_workers(
 ):
     import time
 
-    from pipeline.commands import search as cmd
+    from pipeline import workers
 
     deadlines: list[float | None] = []
-    spawn = cmd._spawn_workers
+    start = workers.LocalProcesses.start
 
-    def spy(argv: list[str], k: int, m: int | None, deadline: float | None) -> list:
-        deadlines.append(deadline)
-        return spawn(argv, k, m, deadline)
+    def spy(self: workers.LocalProcesses, plan: workers.WorkerPlan, k: int) -> None:
+        deadlines.extend([plan.deadline] * k)
+        start(self, plan, k)
 
-    monkeypatch.setattr(cmd, "_spawn_workers", spy)
+    monkeypatch.setattr(workers.LocalProcesses, "start", spy)
     before = time.time()
     argv = ["search", "--tracking-uri", store_uri, "--trials", "3", "--timeout", "600", *FAST]
     assert run.main([*argv, "--set", "search.recycle_after=1"]) == 0

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pipeline import machine, protocol
+from pipeline import machine, protocol, workers
 from pipeline.commands.common import add_common, load_params, make_tracker
 from pipeline.errors import PipelineError
 
@@ -25,12 +22,6 @@ if TYPE_CHECKING:
     from pipeline.study import Outcome, TrackedStudy, TrialSummary
 
 log = logging.getLogger("pipeline")
-
-RECYCLED = 75  # a spawned worker's exit code: it ran its `recycle_after` trials, replace it
-WORKERS_ENV = "PIPELINE_WORKERS"  # the --workers default when the flag is not given
-# What `auto` budgets per worker: a digits worker holds ~1.0 GiB resident after 20 trials
-# (`python bench/memory.py`: 1038.7 MiB), so a machine with little free memory gets fewer.
-WORKER_MEMORY = 1.25 * 2**30
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -63,36 +54,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _workers(text: str) -> int:
     """A --workers value: a number, or `auto` (see auto_workers)."""
     if text == "auto":
-        return auto_workers()
+        return machine.auto_workers()
     try:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: give a number or `auto`") from None
-
-
-def auto_workers() -> int:
-    """One single-threaded worker per core this process may use (on 2 cores, two such
-    processes train 1.32-1.38x more trials per minute than one: README, "Measured"), but no
-    more than the free memory holds at WORKER_MEMORY each, and always at least one."""
-    cores = machine.usable_cores()
-    free = machine.available_memory()
-    fit = cores if free is None else int(free // WORKER_MEMORY)
-    return max(1, min(cores, fit))
-
-
-def default_workers() -> int:
-    """The worker count when --workers is not given: $PIPELINE_WORKERS, else `auto`."""
-    text = os.environ.get(WORKERS_ENV, "auto")
-    try:
-        workers = _workers(text.strip())
-    except argparse.ArgumentTypeError:
-        workers = 0
-    if workers < 1:
-        raise PipelineError(
-            f"{WORKERS_ENV}={text!r}: give a number of worker processes (1 or more) or "
-            "`auto`, or unset it for `auto`."
-        )
-    return workers
 
 
 def main(args: argparse.Namespace) -> int:
@@ -103,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
 
     params = load_params(args)
     if args.workers is None:
-        args.workers = default_workers()
+        args.workers = machine.default_workers()
     if args.workers < 1:
         raise PipelineError(f"--workers {args.workers}: give 1 or more worker processes.")
     prep = stages.prepare(params)
@@ -137,104 +103,37 @@ def main(args: argparse.Namespace) -> int:
         ds.task,
     )
     progress = _progress(n_trials, params.search.metrics[0])
-    workers: list[subprocess.Popen[bytes]] = []
+    deadline = args.deadline
+    if deadline is None and params.search.timeout is not None:
+        deadline = time.time() + params.search.timeout  # one moment for every worker
+    plan = workers.WorkerPlan(
+        tuple(args.argv), args.workers, params.search.recycle_after or None, deadline
+    )
+    executor = workers.LocalProcesses()
     recycled = False
-    if args.deadline is None and params.search.timeout is not None:
-        args.deadline = time.time() + params.search.timeout
     with tracker.run(f"study-{name}", resume_id=tracked.parent_id):
         try:
             if args.spawned:
-                ran = tracked.run_trials(
-                    progress, max_trials=args.max_trials, deadline=args.deadline
-                )
+                ran = tracked.run_trials(progress, max_trials=args.max_trials, deadline=deadline)
                 recycled = args.max_trials is not None and ran >= args.max_trials
             else:
-                _run_with_workers(tracked, args, progress, workers)
+                workers.supervise(tracked, plan, executor, progress)
             tracked.reconcile()  # closes trial runs the store could not close while it was away
-            # A recycled child leaves the study open: a fresh process takes its slot, and the
+            # A recycled worker leaves the study open: a fresh process takes its slot, and the
             # last worker standing logs the study and makes the champion (once, for the best
             # of all trials, not of those so far).
             outcome = None if recycled else tracked.finish()
         except BaseException:
-            _stop(workers)
+            executor.stop()
             tracked.reconcile()
             if not args.spawned:
                 _print_study(tracked, params)
             raise
-    if args.spawned or outcome is None:  # only a spawned child is ever recycled
-        return RECYCLED if recycled else 0
+    if args.spawned or outcome is None:  # only a spawned worker is ever recycled
+        return workers.RECYCLED if recycled else 0
     _print_study(tracked, params)
     _print_outcome(outcome, params, tracker.ui_url())
     return 0
-
-
-def _run_with_workers(
-    tracked: TrackedStudy,
-    args: argparse.Namespace,
-    progress: Callable[[TrialSummary], None],
-    workers: list[subprocess.Popen[bytes]],
-) -> None:
-    """Trials here and in `--workers - 1` child processes until the budget is met.
-
-    Keras/TensorFlow memory grows a little with every trial a process trains, so with
-    `search.recycle_after: N` no process trains more than N trials: this one runs its first
-    N, and every process that has run its N (this one included) is replaced by a fresh child
-    while trials remain. A child that stopped for any other reason (its own failures, a
-    signal) is not replaced; this process tops the budget up at the end instead.
-    `workers` is filled in place so the caller can stop them on Ctrl-C. No process, first or
-    replacement, starts a trial after `args.deadline` (the command's --timeout).
-    """
-    recycle = tracked.params.search.recycle_after or None
-    k = min(args.workers, tracked.budget_left())  # no process starts without a trial to run
-    if k > 1 and not _past(args.deadline):
-        log.info(
-            "%d worker processes on this machine (`--workers 1` for a reproducible trial order)", k
-        )
-        workers += _spawn_workers(args.argv, k - 1, recycle, args.deadline)
-    ran = tracked.run_trials(progress, max_trials=recycle, deadline=args.deadline)
-    replace = 1 if recycle and ran >= recycle else 0  # this process's own slot
-    done: set[int] = set()
-    while True:
-        for w in workers:
-            if w.poll() is not None and w.pid not in done:
-                done.add(w.pid)
-                replace += w.returncode == RECYCLED
-        while replace and tracked.budget_left() > 0 and not _past(args.deadline):
-            workers += _spawn_workers(args.argv, 1, recycle, args.deadline)
-            replace -= 1
-        replace = 0
-        if all(w.poll() is not None for w in workers):
-            break
-        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)  # until a child exits (not reaped)
-    # Tops up if a worker's last trials failed or it died.
-    tracked.run_trials(progress, deadline=args.deadline)
-
-
-def _past(deadline: float | None) -> bool:
-    return deadline is not None and time.time() >= deadline
-
-
-def _spawn_workers(
-    argv: list[str], k: int, max_trials: int | None, deadline: float | None
-) -> list[subprocess.Popen[bytes]]:
-    """K more starters of this very command (same argv), each running at most `max_trials`
-    trials before it exits and none after `deadline`; they inherit this process's backend
-    thread settings (set in its environment by model.configure_threads for the whole
-    --workers count)."""
-    argv = [a for a in argv if a != "--new"] + ["--workers", "1", "--spawned"]
-    if max_trials:
-        argv += ["--max-trials", str(max_trials)]
-    if deadline is not None:
-        argv += ["--deadline", repr(deadline)]
-    cmd = [sys.executable, "-m", "pipeline.run", *argv]
-    return [subprocess.Popen(cmd) for _ in range(k)]
-
-
-def _stop(workers: list[subprocess.Popen[bytes]]) -> None:
-    for w in workers:
-        w.terminate()  # SIGTERM: they end their runs KILLED and mark their trials
-    for w in workers:
-        w.wait()
 
 
 def _progress(n_trials: int, metric: str) -> Callable[[TrialSummary], None]:
