@@ -19,8 +19,9 @@ import optuna
 from pipeline import config, search
 from pipeline.stages import Prepared
 from pipeline.storage import default_storage, make_storage, memory_storage
-from pipeline.study import TrackedStudy, Trainer, TrialSummary
+from pipeline.study import TrackedStudy, TrialSummary
 from pipeline.tracking import Tracker
+from pipeline.trainers import Trainer
 
 
 def tracked_search(

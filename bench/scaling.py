@@ -78,8 +78,9 @@ class NullTracker:
 
 def worker(a: argparse.Namespace) -> None:
     from pipeline import config, stages
-    from pipeline.study import TrackedStudy, Trained
+    from pipeline.study import TrackedStudy
     from pipeline.tracking import LiveMetrics, Tracker
+    from pipeline.trainers import Trained
 
     params = config.validate(
         config.apply_overrides(

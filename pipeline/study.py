@@ -13,11 +13,12 @@ Read top to bottom, this module is the search engine:
    (the params with the first of them); the weights are written once training returns; then
    the last epochs and the result, in one write (the result after the epochs); then the result
    is told to Optuna; then the run is closed.
-4. `finish` is done once, by the last worker standing, under the study lock: the parent's
-   artifacts, then the champion (the best trial's own model, tested once, registered).
-   A champion already made for the same best trial is reported, never made twice.
+4. The finish (pipeline.champion) is done once, by the last worker standing, under the study
+   lock: the parent's artifacts, then the champion (the best trial's own model, tested once,
+   registered).
 
-It uses search.py (Optuna) and tracking.py (MLflow) and never the frameworks themselves.
+How a trial's params become a model is a Trainer's job (pipeline.trainers). This module uses
+search.py (Optuna) and tracking.py (MLflow) and never the frameworks themselves.
 """
 
 from __future__ import annotations
@@ -28,134 +29,37 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
-from pipeline import config, search, stages
+from pipeline import config, search, stages, trainers
 from pipeline.errors import PipelineError, TrainingDiverged
 from pipeline.protocol import (
     BASELINE_TAG,
-    BEST_TRIAL_TAG,
     ERROR_TAG,
     KIND_TAG,
-    REFIT_TAG,
     RESULT_TAG,
     RETRY_RUN_TAG,
     RETRY_TAG,
     STATE_TAG,
     STORAGE_TAG,
     STUDY_TAG,
-    TRIAL_RUN_TAG,
     TRIAL_TAG,
     WARM_TAG,
     RunKind,
     RunStatus,
     TrialState,
-    ranked,
 )
 
 if TYPE_CHECKING:
-    import pandas as pd
-
-    from pipeline.model import EpochHook, TrainResult
     from pipeline.stages import Prepared
     from pipeline.storage import Storage
-    from pipeline.tracking import LiveMetrics, Tracker
+    from pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 PARENT_ATTR = "mlflow_parent_run_id"
 FOLDS_ATTR = "cv_folds"  # how the study scores its trials: 0 = a validation split, k = k folds
-CHAMPION_ATTR = "champion"
 INTERRUPTED = "interrupted (Ctrl-C or SIGTERM)"
-STUDY_PAGE = "study_figures.html"  # the parent run's artifact with the study figures
-
-
-@dataclass(frozen=True)
-class Trained:
-    """What training one trial produced: its final validation metrics, and whether the
-    pruner stopped it (after `epochs_run` epochs, or after `folds_run` folds when the trial
-    was cross-validated)."""
-
-    metrics: dict[str, float]
-    epochs_run: int
-    pruned: bool
-    folds_run: int = 0  # cross-validation folds trained; 0 without cross-validation
-
-
-class Trainer(Protocol):
-    """Trains one trial's params into its (already open) run and logs what it made.
-
-    `live` is the run's metrics buffer (`live.run_id` the run): what the trainer adds to it
-    is written with the trial's result, in one write after the trainer returns; anything else
-    (artifacts) it writes itself, before returning. The default trains the Keras model
-    (`keras_trainer`); benches and tests pass a stub that trains nothing, so the real search
-    layer can be measured and broken on purpose.
-    """
-
-    def __call__(
-        self, params: config.Params, live: LiveMetrics, on_epoch: EpochHook
-    ) -> Trained: ...
-
-
-def keras_trainer(prep: Prepared, tracker: Tracker, *, seed: int) -> Trainer:
-    """Fit with live per-epoch curves and log the weights of the trial's model; its last
-    epochs and final validation metrics are left in `live`, for the write that records the
-    trial's result (so the weights are in the store before it, and the epochs with it)."""
-
-    def train(params: config.Params, live: LiveMetrics, on_epoch: EpochHook) -> Trained:
-        from pipeline import model
-
-        try:
-            result, metrics = stages.train_logged(live, params, prep, seed=seed, on_epoch=on_epoch)
-            stages.log_weights(tracker, live.run_id, result)
-            return Trained(metrics, result.epochs_run, result.stopped_by == "hook")
-        finally:
-            model.release()
-
-    return train
-
-
-def cv_trainer(prep: Prepared, tracker: Tracker, *, seed: int) -> Trainer:
-    """k-fold cross-validation of one trial (`split.folds` >= 2): train on each fold in turn,
-    log its curves and scores as `fold{i}_*`, and end with the mean over the folds as the
-    trial's validation metrics (its objective), their spread and the epochs to refit with.
-
-    Pruning is between folds, not epochs: after each fold but the last, the hook is given the
-    running mean of the search metric with step = fold index (see search._pruner), so a trial
-    whose first folds already score below the median stops early. Within a fold no epoch is
-    reported (a fold-0 epoch and a fold-2 epoch are not comparable steps); early stopping
-    still ends each fold. No weights are logged: the champion is trained again, once, on all
-    non-test rows (TrackedStudy._make_champion).
-    """
-    folds = prep.folds
-    if folds is None:
-        raise ValueError("cv_trainer needs cross-validation folds (split.folds >= 2)")
-
-    def train(params: config.Params, live: LiveMetrics, on_epoch: EpochHook) -> Trained:
-        from pipeline import model
-
-        run_id = live.run_id
-        metric = params.search.metrics[0]  # the one that prunes (the first, if several)
-        scores: list[dict[str, float]] = []
-        best_epochs: list[int] = []
-        seconds = 0.0
-        for i in range(folds.k):
-            try:
-                result = stages.fit_fold(params, prep, i, seed=seed)
-                scores.append(stages.log_fold(tracker, run_id, i, result, prep))
-            finally:
-                model.release()
-            best_epochs.append(int(result.extra.get("best_epoch", result.epochs_run)))
-            seconds += result.seconds
-            running = sum(s[metric] for s in scores) / len(scores)
-            if i < folds.k - 1 and on_epoch(i, {metric: running}):
-                live.add(0, {"train_seconds": seconds})
-                return Trained({metric: running}, result.epochs_run, True, folds_run=i + 1)
-        means = stages.log_cv(tracker, run_id, scores, best_epochs)
-        live.add(0, {"train_seconds": seconds})
-        return Trained(means, stages.refit_epochs(best_epochs), False, folds_run=folds.k)
-
-    return train
 
 
 @dataclass(frozen=True)
@@ -177,32 +81,6 @@ class Reconciled:
     closed: int = 0  # runs left RUNNING, now ended with their trial's state
 
 
-@dataclass(frozen=True)
-class ChampionRecord:
-    """The champion of a study as stored with it: made once per best trial."""
-
-    trial: int
-    run_id: str
-    model: str
-    test: dict[str, float]
-
-    @classmethod
-    def from_attr(cls, value: Any) -> ChampionRecord | None:
-        if not isinstance(value, dict) or not {"trial", "run_id", "model", "test"} <= set(value):
-            return None
-        return cls(int(value["trial"]), str(value["run_id"]), str(value["model"]), value["test"])
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How this process's part of the study ended."""
-
-    best: search.Best | None
-    champion: ChampionRecord | None
-    made_here: bool  # this process trained/tested/registered the champion
-    pending: str | None = None  # why no champion yet (other workers still running)
-
-
 class TrackedStudy:
     """An Optuna study whose every trial is an MLflow run nested under one parent run."""
 
@@ -215,7 +93,7 @@ class TrackedStudy:
         parent_id: str,
         *,
         storage: str,
-        trainer: Trainer | None = None,
+        trainer: trainers.Trainer | None = None,
     ) -> None:
         self.params = params
         self.prep = prep
@@ -224,7 +102,7 @@ class TrackedStudy:
         self.parent_id = parent_id
         self.storage = storage  # masked URL, for tags and messages
         self.name = study.name
-        default = cv_trainer if prep.folds is not None else keras_trainer
+        default = trainers.cv_trainer if prep.folds is not None else trainers.keras_trainer
         self.trainer = trainer or default(prep, tracker, seed=params.seed)
 
     # -- 1. open ----------------------------------------------------------------------------
@@ -240,7 +118,7 @@ class TrackedStudy:
         storage: Storage,
         storage_display: str,
         new: bool = False,
-        trainer: Trainer | None = None,
+        trainer: trainers.Trainer | None = None,
     ) -> TrackedStudy:
         """Open or resume the study and elect its parent run (exactly one per study)."""
         params = stages.resolve_metric(params, prep)
@@ -420,75 +298,30 @@ class TrackedStudy:
         return ran
 
     def run_trial(self, trial: search.Trial) -> tuple[TrialState, float | None]:
-        """Train one trial in its own MLflow run; returns (Optuna state, objective value).
+        """Train one trial in its own MLflow run; returns (its state, its objective value).
 
-        A failure (exception, NaN/inf) is recorded as FAIL with the reason and the run ends
-        FAILED; Ctrl-C marks the trial FAIL, ends the run KILLED and propagates.
+        Three steps: start the run (before `fit`, so its duration is real), train and record
+        the result (on the run first, then in the study), or record the failure. A failure
+        (exception, NaN/inf) is recorded as FAIL with the reason and the run ends FAILED;
+        Ctrl-C marks the trial FAIL, ends the run KILLED and propagates.
         """
-        metrics = self.params.search.metrics
-        metric = metrics[0]  # the one that prunes (single objective) and progress shows
-        tags = {
-            STUDY_TAG: self.name,
-            TRIAL_TAG: str(trial.number),
-            STATE_TAG: TrialState.RUNNING,
-        }
-        if trial.retry_of is not None:  # a dead worker's trial, run again: link the two runs
-            tags[RETRY_TAG] = str(trial.retry_of)
-            if trial.retry_of_run:
-                tags[RETRY_RUN_TAG] = trial.retry_of_run
-        if trial.warm_start_from:
-            tags[WARM_TAG] = trial.warm_start_from
-        if trial.baseline:
-            tags[BASELINE_TAG] = "true"
         told = False
-
-        def hook(epoch: int, logs: dict[str, float]) -> bool:
-            return metric in logs and trial.should_prune(epoch, logs[metric])
-
         try:
             origin = f"trial {trial.number}"
             trial_params = config.with_values(self.params, trial.values, origin=origin)
             with self.tracker.run(
                 f"trial-{trial.number:04d}",
                 parent_id=self.parent_id,
-                tags=tags,
+                tags=self._trial_tags(trial),
                 failure_tags={STATE_TAG: TrialState.FAIL},  # with the FAILED end, one write
             ) as run_id:
                 trial.remember(search.RUN_ATTR, run_id)
                 try:
-                    with self.tracker.live_metrics(run_id) as live:
-                        live.add_params(config.flatten(trial_params))  # with the first epochs
-                        trained = self.trainer(trial_params, live, hook)
-                        if trained.pruned:
-                            state, value = TrialState.PRUNED, None
-                            extra = (
-                                {"pruned_after_fold": str(trained.folds_run)}
-                                if trained.folds_run
-                                else {"pruned_at_epoch": str(trained.epochs_run)}
-                            )
-                        else:
-                            values = [float(trained.metrics[m]) for m in metrics]
-                            for m, v in zip(metrics, values, strict=True):
-                                if not math.isfinite(v):  # Optuna would store inf as COMPLETE
-                                    raise TrainingDiverged(f"non-finite {m}: {v}")
-                            state, value = TrialState.COMPLETE, values[0]
-                            extra = {RESULT_TAG: ",".join(map(repr, values))}
-                        # The result goes on the run first (with the last epochs, after them),
-                        # then into the study, then the run closes: a worker dying between
-                        # any two of these leaves what reconcile() needs.
-                        live.final_tags.update({STATE_TAG: state, **extra})
-                    if value is None:
-                        self.study.tell_pruned(trial)
-                    else:
-                        self.study.tell_complete(trial, values if len(values) > 1 else value)
+                    state, values = self._train_and_record(trial, trial_params, run_id)
                     told = True
-                    return state, value
+                    return state, values[0] if values else None
                 except BaseException as exc:
-                    interrupted = isinstance(exc, KeyboardInterrupt)
-                    reason = INTERRUPTED if interrupted else f"{type(exc).__name__}: {exc}"
-                    told = self._record_failure(trial, reason)  # the study first: it decides
-                    with contextlib.suppress(Exception):  # best effort: the run's end status
-                        self.tracker.set_tags(run_id, {STATE_TAG: TrialState.FAIL})  # says it too
+                    told = self._record_failed_run(trial, run_id, exc)
                     raise  # the original error, never one from recording it
         except Exception as exc:  # recorded above, or below if the run never started
             if not told:
@@ -500,6 +333,53 @@ class TrackedStudy:
                 self._record_failure(trial, INTERRUPTED)
             raise
 
+    def _trial_tags(self, trial: search.Trial) -> dict[str, str]:
+        """What a trial's run is tagged with from its start (the UI filters on these)."""
+        tags = {STUDY_TAG: self.name, TRIAL_TAG: str(trial.number), STATE_TAG: TrialState.RUNNING}
+        if trial.retry_of is not None:  # a dead worker's trial, run again: link the two runs
+            tags[RETRY_TAG] = str(trial.retry_of)
+            if trial.retry_of_run:
+                tags[RETRY_RUN_TAG] = trial.retry_of_run
+        if trial.warm_start_from:
+            tags[WARM_TAG] = trial.warm_start_from
+        if trial.baseline:
+            tags[BASELINE_TAG] = "true"
+        return tags
+
+    def _train_and_record(
+        self, trial: search.Trial, trial_params: config.Params, run_id: str
+    ) -> tuple[TrialState, list[float] | None]:
+        """Train, then record the result: on the run first (with the last epochs, after them),
+        then in the study; the caller then closes the run. A worker dying between any two of
+        these leaves what reconcile() needs. Returns the state and the objective values."""
+        metrics = self.params.search.metrics
+        metric = metrics[0]  # the one that prunes (single objective) and progress shows
+
+        def hook(epoch: int, logs: dict[str, float]) -> bool:
+            return metric in logs and trial.should_prune(epoch, logs[metric])
+
+        with self.tracker.live_metrics(run_id) as live:
+            live.add_params(config.flatten(trial_params))  # with the first epochs
+            trained = self.trainer(trial_params, live, hook)
+            state, values, extra = _result(trained, metrics)
+            live.final_tags.update({STATE_TAG: state, **extra})
+        if values is None:
+            self.study.tell_pruned(trial)
+        else:
+            self.study.tell_complete(trial, values if len(values) > 1 else values[0])
+        return state, values
+
+    def _record_failed_run(self, trial: search.Trial, run_id: str, exc: BaseException) -> bool:
+        """The failure in the study first (it decides), then on the run; True if the study has
+        it. Best effort on the run: its end status (FAILED or KILLED) says it too."""
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        told = self._record_failure(
+            trial, INTERRUPTED if interrupted else f"{type(exc).__name__}: {exc}"
+        )
+        with contextlib.suppress(Exception):
+            self.tracker.set_tags(run_id, {STATE_TAG: TrialState.FAIL})
+        return told
+
     def _record_failure(self, trial: search.Trial, reason: str) -> bool:
         """Tell Optuna the trial failed; False if even that fails (a storage outage): the trial
         then stays RUNNING until reconcile() finds its worker gone."""
@@ -510,172 +390,21 @@ class TrackedStudy:
             log.warning("trial %d: could not record its failure: %s", trial.number, failed)
             return False
 
-    # -- 4. finish --------------------------------------------------------------------------
 
-    def finish(self) -> Outcome:
-        """Parent artifacts and the champion, once, by the last worker standing."""
-        best = self.study.best()
-        if self.study.others_running():
-            return Outcome(
-                best,
-                None,
-                False,
-                "other workers' trials are still running; the "
-                "last worker to finish logs the study and elects the champion",
-            )
-        with self.study.exclusive():
-            best = self.study.best()
-            self.log_parent_artifacts()
-            if best is None:
-                c = self.study.counts()
-                why = (
-                    "no trial completed (see the failed trials' `error` tags in MLflow)"
-                    if c.failed
-                    else f"all {c.pruned} finished trials were pruned"
-                    if c.pruned
-                    else "no trial ran: search.timeout (--timeout) ended it before the first"
-                    if self.params.search.timeout is not None
-                    else "no trial ran"
-                )
-                raise PipelineError(
-                    f"study {self.name!r}: {why}; nothing to evaluate or register."
-                    + self.study.failure_summary()  # issue 8: say why, not only that
-                )
-            record = ChampionRecord.from_attr(self.study.attr(CHAMPION_ATTR))
-            if record and record.trial == best.number and self.tracker.exists(record.run_id):
-                return Outcome(best, record, False)  # the test split is used once per champion
-            record = self._make_champion(best)
-            self.study.set_attr(CHAMPION_ATTR, record.__dict__)
-            return Outcome(best, record, True)
-
-    def _make_champion(self, best: search.Best) -> ChampionRecord:
-        """The best trial's own model (its logged weights and curves; no retraining), tested
-        once, logged as a servable model with the scaler and label decoding, registered.
-
-        Cross-validated trials (`split.folds`) leave k models, none trained on all the data:
-        the champion is then trained once more with the best trial's params on every non-test
-        row (a scaler fitted on them), for the median of its folds' best epochs, with no
-        validation split, and tested and registered the same way. Having no validation rows,
-        it keeps the weights of its epoch with the lowest training loss (early stopping on
-        `loss` that never stops): with a noisy optimizer the last epoch can land anywhere,
-        while each fold's score came from its best epoch (measured: a tanh/SGD-momentum iris
-        refit ended at training accuracy 0.59 after passing 0.99 thirteen epochs earlier).
-        """
-        params = self.params
-        if best.run_id is None:
-            raise PipelineError(f"study {self.name!r}: best trial {best.number} has no run.")
-        origin = f"best trial {best.number}"
-        champion = config.with_values(params, best.params, origin=origin)
-        if self.prep.folds is not None:
-            es = "train.early_stopping."
-            refit = {f"{es}monitor": "loss", f"{es}restore_best_weights": True}
-            refit[f"{es}patience"] = champion.train.epochs  # never stops: the hook does
-            champion = config.with_values(champion, refit, origin=f"{origin} (refit)")
-        name = params.tracking.model_name or stages.experiment_name(params)
-        tags = {
-            STUDY_TAG: self.name,
-            KIND_TAG: RunKind.CHAMPION,
-            BEST_TRIAL_TAG: str(best.number),
-            TRIAL_RUN_TAG: best.run_id,
-        }
-        with self.tracker.run("champion", parent_id=self.parent_id, tags=tags) as run_id:
-            self.tracker.log_params(run_id, config.flatten(champion))
-            if self.prep.folds is None:
-                prep = self.prep
-                result = stages.load_trained(self.tracker, best.run_id, prep)
-                self.tracker.log_history(run_id, result.history)
-                val = stages.score(result, prep, "val")
-            else:
-                prep, result, val = self._refit(run_id, champion, best)
-            self.tracker.log_metrics(
-                run_id, {**val, "epochs_run": result.epochs_run, "train_seconds": result.seconds}
-            )
-            made = stages.log_champion(
-                self.tracker,
-                run_id,
-                champion,
-                prep,
-                result,
-                register_as=name if params.tracking.register_model else None,
-            )
-        self.tracker.log_metrics(self.parent_id, made.test)
+def _result(
+    trained: trainers.Trained, metrics: tuple[str, ...]
+) -> tuple[TrialState, list[float] | None, dict[str, str]]:
+    """A trained trial's state, objective values (None if pruned) and the tags that record
+    them on its run. A non-finite objective is a failure: Optuna would store inf as COMPLETE."""
+    if trained.pruned:
         where = (
-            f"models:/{name}@champion (version {made.version})" if made.version else made.model_uri
+            {"pruned_after_fold": str(trained.folds_run)}
+            if trained.folds_run
+            else {"pruned_at_epoch": str(trained.epochs_run)}
         )
-        return ChampionRecord(best.number, run_id, where, made.test)
-
-    def _refit(
-        self, run_id: str, champion: config.Params, best: search.Best
-    ) -> tuple[Prepared, TrainResult, dict[str, float]]:
-        """Train the cross-validated champion on all non-test rows for the epochs the best
-        trial's folds chose; its cross-validation scores go on the champion run as its
-        validation evidence (there is no validation split left to score)."""
-        trial = self.tracker.run_metrics(str(best.run_id))
-        epochs = int(trial["refit_epochs"])
-        cv = {k: v for k, v in trial.items() if k.startswith(("cv_mean_", "cv_std_"))}
-        prep = self.prep.refit()
-        self.tracker.set_tags(
-            run_id,
-            {REFIT_TAG: f"all {len(prep.raw.y_train)} non-test rows, {epochs} epochs"},
-        )
-        result = stages.refit(champion, prep, epochs=epochs, seed=self.params.seed)
-        self.tracker.log_history(run_id, result.history)
-        return prep, result, {**cv, "refit_epochs": epochs, "cv_folds": trial.get("cv_folds", 0)}
-
-    def log_parent_artifacts(self) -> pd.DataFrame:
-        """Trials table, best params and study figures on the parent run; returns the table.
-
-        The figures are Optuna's interactive ones on one offline HTML page (MLflow shows .html
-        artifacts in its UI), with the top trials' validation curves beside them as a PNG.
-        """
-        import yaml
-
-        from pipeline import report
-
-        sp = self.params.search
-        frame = self.study.frame()
-        tracker, parent = self.tracker, self.parent_id
-        tracker.log_text(parent, frame.to_csv(index=False), "trials.csv")
-        best = self.study.best()
-        if best is None:
-            return frame
-        metric = sp.metrics[0]
-        best_yaml: dict[str, Any] = {"trial": best.number, metric: best.value}
-        if sp.multi_objective:  # the champion rule's pick, then the whole front
-            best_yaml = {"trial": best.number, **dict(zip(sp.metrics, best.values, strict=True))}
-            best_yaml["champion"] = f"{sp.champion}: best {metric} on the Pareto front"
-            best_yaml["pareto_front"] = [
-                {"trial": b.number, **dict(zip(sp.metrics, b.values, strict=True))}
-                for b in self.study.pareto()
-            ]
-        tracker.log_text(
-            parent,
-            yaml.safe_dump({**best_yaml, "params": best.params}, sort_keys=False),
-            "best_params.yaml",
-        )
-        c = self.study.counts()
-        tracker.log_metrics(
-            parent,
-            {
-                f"best_{metric}": best.value,
-                "trials_complete": c.complete,
-                "trials_pruned": c.pruned,
-                "trials_failed": c.failed,
-            },
-        )
-        tracker.log_text(
-            parent,
-            report.study_page(f"study {self.name}: {', '.join(sp.metrics)}", self.study.figures()),
-            STUDY_PAGE,
-        )
-        done = ranked(frame, sp.directions[0])
-        col = f"user_attrs_{search.RUN_ATTR}"
-        # Cross-validated trials log per-epoch curves per fold: show their first fold's.
-        key = metric if self.prep.folds is None else f"fold0_{metric}"
-        curves = {
-            f"trial {int(row['number'])}": tracker.metric_history(row[col], key)
-            for _, row in done.head(sp.top_k).iterrows()
-            if col in row and isinstance(row[col], str)
-        }
-        tracker.log_figure(parent, report.top_trial_curves(curves, metric), "top_trials_curves.png")
-        return frame
+        return TrialState.PRUNED, None, where
+    values = [float(trained.metrics[m]) for m in metrics]
+    for m, v in zip(metrics, values, strict=True):
+        if not math.isfinite(v):
+            raise TrainingDiverged(f"non-finite {m}: {v}")
+    return TrialState.COMPLETE, values, {RESULT_TAG: ",".join(map(repr, values))}

@@ -23,8 +23,9 @@ from pathlib import Path
 
 from pipeline import config, search, stages
 from pipeline.storage import make_storage
-from pipeline.study import TrackedStudy, Trained
+from pipeline.study import TrackedStudy
 from pipeline.tracking import LiveMetrics, Tracker
+from pipeline.trainers import Trained
 
 SPACE = (
     "search.space={model.activation: {choices: [relu, tanh, elu]}, "

@@ -24,7 +24,7 @@ from conftest import FaultAudit, mlflow_server
 
 from pipeline import run, search
 from pipeline.storage import make_storage
-from pipeline.study import Trained
+from pipeline.trainers import Trained
 
 TINY = ["--set", "model.hidden=[4]", "--set", "train.epochs=2"]
 
@@ -450,9 +450,9 @@ def stub_trainer(outcomes: list) -> object:
     """A `keras_trainer` stand-in whose i-th training does outcomes[i] (an exception to raise
     or a validation accuracy to report); past the list it reports 0.9."""
     calls = {"n": 0}
-    import pipeline.study
+    import pipeline.trainers
 
-    real = pipeline.study.keras_trainer  # captured before the test swaps it for this stub
+    real = pipeline.trainers.keras_trainer  # captured before the test swaps it for this stub
 
     def factory(prep, tracker, *, seed):  # noqa: ANN001, ANN202 - keras_trainer's signature
         keras = real(prep, tracker, seed=seed)
@@ -488,7 +488,7 @@ def _trials_and_runs(workdir: Path, study: str = "iris-softmax") -> tuple[list, 
 def test_trials_that_raise_go_nan_or_inf_or_run_out_of_memory_fail_with_the_reason(
     workdir, capsys, monkeypatch, fault_audit
 ):
-    import pipeline.study
+    import pipeline.trainers
 
     outcomes = [
         ValueError("boom: a bug in this trial"),
@@ -496,7 +496,7 @@ def test_trials_that_raise_go_nan_or_inf_or_run_out_of_memory_fail_with_the_reas
         math.inf,
         MemoryError("simulated: cannot allocate 8.00 GiB"),
     ]
-    monkeypatch.setattr(pipeline.study, "keras_trainer", stub_trainer(outcomes))
+    monkeypatch.setattr(pipeline.trainers, "keras_trainer", stub_trainer(outcomes))
     assert run.main([*SEARCH, "--trials", "2"]) == 0
     trials, runs = _trials_and_runs(workdir)
     assert [t.state.name for t in trials] == ["FAIL"] * 4 + ["COMPLETE"] * 2
@@ -520,10 +520,10 @@ def test_trials_that_raise_go_nan_or_inf_or_run_out_of_memory_fail_with_the_reas
 def test_when_every_trial_fails_the_search_exits_2_listing_the_reasons(
     workdir, capsys, monkeypatch, fault_audit
 ):
-    import pipeline.study
+    import pipeline.trainers
 
     outcomes = [ValueError("bad value"), MemoryError("out of memory")] * 10
-    monkeypatch.setattr(pipeline.study, "keras_trainer", stub_trainer(outcomes))
+    monkeypatch.setattr(pipeline.trainers, "keras_trainer", stub_trainer(outcomes))
     code = run.main([*SEARCH, "--trials", "1"])
     msg = one_paragraph_error(capsys.readouterr().err)
     assert code == 2 and "no trial completed" in msg

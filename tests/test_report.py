@@ -10,9 +10,11 @@ import pytest
 from study_worker import study_params
 
 from pipeline import config, run, stages
+from pipeline.champion import STUDY_PAGE, log_parent_artifacts
 from pipeline.storage import make_storage
-from pipeline.study import STUDY_PAGE, TrackedStudy, Trained
+from pipeline.study import TrackedStudy
 from pipeline.tracking import LiveMetrics, Tracker
+from pipeline.trainers import Trained
 
 FIGURES = (
     "optimization history",
@@ -64,7 +66,7 @@ def sections(page: str) -> list[str]:
 
 def test_parent_run_carries_optunas_figures_on_one_offline_page(workdir):
     tracked = tracked_study(workdir, 6)
-    tracked.log_parent_artifacts()
+    log_parent_artifacts(tracked)
     page = tracked.tracker.read_artifact(tracked.parent_id, STUDY_PAGE).decode()
     assert set(FIGURES) <= set(sections(page))
     assert page.count('class="plotly-graph-div"') == len(sections(page))

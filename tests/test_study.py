@@ -280,8 +280,9 @@ def test_a_trials_curves_reach_the_store_while_it_trains_and_end_complete(workdi
     import time
 
     from pipeline import config, stages
-    from pipeline.study import TrackedStudy, keras_trainer
+    from pipeline.study import TrackedStudy
     from pipeline.tracking import Tracker
+    from pipeline.trainers import keras_trainer
 
     epochs = 4
     overrides = [

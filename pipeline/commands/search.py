@@ -19,7 +19,8 @@ from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
     from pipeline import config
-    from pipeline.study import Outcome, TrackedStudy, TrialSummary
+    from pipeline.champion import Outcome
+    from pipeline.study import TrackedStudy, TrialSummary
 
 log = logging.getLogger("pipeline")
 
@@ -62,7 +63,7 @@ def _workers(text: str) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline import stages
+    from pipeline import champion, stages
     from pipeline.storage import default_storage, make_storage
     from pipeline.study import TrackedStudy
     from pipeline.uris import mask_secret
@@ -122,7 +123,7 @@ def main(args: argparse.Namespace) -> int:
             # A recycled worker leaves the study open: a fresh process takes its slot, and the
             # last worker standing logs the study and makes the champion (once, for the best
             # of all trials, not of those so far).
-            outcome = None if recycled else tracked.finish()
+            outcome = None if recycled else champion.finish(tracked)
         except BaseException:
             executor.stop()
             tracked.reconcile()
