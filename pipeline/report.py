@@ -2,8 +2,9 @@
 figures, text and HTML.
 
 Nothing here tracks, searches or trains; the orchestrator decides where the results go. The
-study figures are Optuna's own (interactive Plotly, drawn in search.py); this module only lays
-them out as self-contained HTML, with plotly.js inlined once per page so a page opens offline
+study figures are Optuna's own (interactive Plotly, from `optuna.visualization`: nothing is
+hand-drawn here); this module picks them for a study and lays them out as self-contained
+HTML, with plotly.js inlined once per page so a page opens offline
 (Plotly's static image export needs Chrome, which is not a given).
 """
 
@@ -12,14 +13,21 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Mapping, Sequence
+import logging
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.protocol import TrialState
+
 if TYPE_CHECKING:
+    import optuna
     import pandas as pd
     from plotly.graph_objects import Figure
+
+log = logging.getLogger(__name__)
 
 
 def _figure(width: float = 7.0, height: float = 4.5) -> tuple[Any, Any]:
@@ -197,3 +205,110 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(v.ljust(w) for v, w in zip(g, widths, strict=True)) for g in grid]
     return "\n".join(lines)
+
+
+# -- study figures (Optuna draws them) ---------------------------------------------------------
+
+
+def _trials(study: optuna.Study, *states: TrialState) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials in these states, without copying them."""
+    from optuna.trial import TrialState as OptunaState
+
+    return study.get_trials(deepcopy=False, states=tuple(OptunaState[s] for s in states))
+
+
+def _first_objective(study: optuna.Study) -> Callable[[optuna.trial.FrozenTrial], float] | None:
+    """What figures and importances read in a multi-objective study (its first metric;
+    Optuna needs a target there); None for a single objective."""
+    if len(study.directions) == 1:
+        return None
+    return lambda t: t.values[0]
+
+
+def _importance_target(study: optuna.Study) -> Callable[[optuna.trial.FrozenTrial], float] | None:
+    """The first objective as Optuna's importance evaluator reads a custom target: lower is
+    better (negated when it is maximized); None for a single objective."""
+    if len(study.directions) == 1:
+        return None
+    if study.directions[0].name == "MAXIMIZE":
+        return lambda t: -t.values[0]
+    return lambda t: t.values[0]
+
+
+def importances(study: optuna.Study) -> dict[str, float]:
+    """Parameter importances, or {} when there are too few complete trials to tell."""
+    import optuna
+
+    if len(_trials(study, TrialState.COMPLETE)) < 3:
+        return {}
+    try:
+        with warnings.catch_warnings():  # "give a lower-is-better target": it is one
+            warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
+            return dict(
+                optuna.importance.get_param_importances(study, target=_importance_target(study))
+            )
+    except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+        log.info("parameter importances unavailable: %s", exc)
+        return {}
+
+
+def study_figures(study: optuna.Study, space: list[str], target: str) -> dict[str, Figure]:
+    """The study's interactive figures from `optuna.visualization`, by title.
+
+    History, parallel coordinates (categorical params keep their names), importances,
+    slice, contour of the two most important params, intermediate values, timeline and
+    the empirical distribution; a multi-objective study's figures show its first metric,
+    with its Pareto front beside them. A figure Optuna cannot draw yet (too few complete
+    trials, a single param, nothing reported per epoch) is left out: figures never stop a
+    search.
+    """
+    complete = _trials(study, TrialState.COMPLETE)
+    if not complete:
+        return {}
+    import optuna
+    import optuna.visualization as vis
+
+    first = _first_objective(study)
+    # The study's own params (in search.space order), so a report run with other params
+    # still draws what the study searched.
+    seen = {k for t in complete for k in t.params}
+    keys = [k for k in space if k in seen] + sorted(seen - set(space))
+    ranked = list(importances(study)) or keys
+    makers: dict[str, Callable[[], Figure]] = {
+        "optimization history": lambda: vis.plot_optimization_history(
+            study, target=first, target_name=target
+        ),
+        "parallel coordinates": lambda: vis.plot_parallel_coordinate(
+            study, params=keys, target=first, target_name=target
+        ),
+        "slice": lambda: vis.plot_slice(study, params=keys, target=first, target_name=target),
+        "timeline": lambda: vis.plot_timeline(study),
+        "empirical distribution": lambda: vis.plot_edf(study, target=first, target_name=target),
+    }
+    if first is not None:
+        names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
+        makers["Pareto front"] = lambda: vis.plot_pareto_front(study, target_names=names)
+    if len(complete) >= 2:
+        makers["parameter importances"] = lambda: vis.plot_param_importances(
+            study, target=_importance_target(study), target_name=target
+        )
+    if len(keys) >= 2:
+        makers["contour (two most important params)"] = lambda: vis.plot_contour(
+            study, params=ranked[:2], target=first, target_name=target
+        )
+    if any(t.intermediate_values for t in _trials(study, TrialState.COMPLETE, TrialState.PRUNED)):
+        makers["intermediate values"] = lambda: vis.plot_intermediate_values(study)
+    out: dict[str, Figure] = {}
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # "too few trials" notices
+    try:
+        for title, make in makers.items():
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # experimental-API notices
+                    out[title] = make()
+            except Exception as exc:  # noqa: BLE001 - a missing figure must not end a study
+                log.info("study figure %r unavailable: %s", title, exc)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    return out

@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -236,21 +236,12 @@ def fit_to_space(
     return kept, dropped
 
 
-def suggest(trial: optuna.Trial, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Sample every param of the space (all of them in every trial, so keys line up)."""
-    values: dict[str, Any] = {}
-    for key, spec in space.items():
-        if "choices" in spec:
-            values[key] = trial.suggest_categorical(key, list(spec["choices"]))
-        elif all(isinstance(spec[b], int) for b in ("low", "high")) and not spec.get("log", False):
-            values[key] = trial.suggest_int(
-                key, spec["low"], spec["high"], step=spec.get("step", 1)
-            )
-        else:
-            values[key] = trial.suggest_float(
-                key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False))
-            )
-    return values
+def distributions(
+    space: Mapping[str, Mapping[str, Any]],
+) -> dict[str, optuna.distributions.BaseDistribution]:
+    """Every param of the space as an Optuna distribution: every trial samples all of them
+    (`ask(fixed_distributions=...)`), so the keys of all trial runs line up in the UI."""
+    return {key: _distribution(spec) for key, spec in space.items()}
 
 
 # -- one trial ----------------------------------------------------------------------------------
@@ -405,98 +396,12 @@ class SearchStudy:
             frame = frame.drop(columns=["duration"])
         return frame
 
-    def _first_objective(self) -> Callable[[optuna.trial.FrozenTrial], float] | None:
-        """What figures and importances read in a multi-objective study (its first metric;
-        Optuna needs a target there); None for a single objective."""
-        if len(self._study.directions) == 1:
-            return None
-        return lambda t: t.values[0]
-
-    def _importance_target(self) -> Callable[[optuna.trial.FrozenTrial], float] | None:
-        """The first objective as Optuna's importance evaluator reads a custom target: lower is
-        better (negated when it is maximized); None for a single objective."""
-        if len(self._study.directions) == 1:
-            return None
-        if self._study.directions[0] == optuna.study.StudyDirection.MAXIMIZE:
-            return lambda t: -t.values[0]
-        return lambda t: t.values[0]
-
-    def importances(self) -> dict[str, float]:
-        """Parameter importances, or {} when there are too few complete trials to tell."""
-        if len(self._trials(TrialState.COMPLETE)) < 3:
-            return {}
-        try:
-            with warnings.catch_warnings():  # "give a lower-is-better target": it is one
-                warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
-                return dict(
-                    optuna.importance.get_param_importances(
-                        self._study, target=self._importance_target()
-                    )
-                )
-        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-            log.info("parameter importances unavailable: %s", exc)
-            return {}
-
     def figures(self) -> dict[str, Figure]:
-        """The study's interactive figures from `optuna.visualization`, by title.
+        """The study's interactive figures (drawn by pipeline.report from Optuna's own)."""
+        from pipeline import report
 
-        History, parallel coordinates (categorical params keep their names), importances,
-        slice, contour of the two most important params, intermediate values, timeline and
-        the empirical distribution; a multi-objective study's figures show its first metric,
-        with its Pareto front beside them. A figure Optuna cannot draw yet (too few complete
-        trials, a single param, nothing reported per epoch) is left out: figures never stop a
-        search.
-        """
-        complete = self._trials(TrialState.COMPLETE)
-        if not complete:
-            return {}
-        import optuna.visualization as vis
-
-        study, target = self._study, str(self.attr("metric") or self._params.metrics[0])
-        first = self._first_objective()
-        # The study's own params (in search.space order), so a report run with other params
-        # still draws what the study searched.
-        seen = {k for t in complete for k in t.params}
-        keys = [k for k in self._params.space if k in seen] + sorted(seen - set(self._params.space))
-        ranked = list(self.importances()) or keys
-        makers: dict[str, Callable[[], Figure]] = {
-            "optimization history": lambda: vis.plot_optimization_history(
-                study, target=first, target_name=target
-            ),
-            "parallel coordinates": lambda: vis.plot_parallel_coordinate(
-                study, params=keys, target=first, target_name=target
-            ),
-            "slice": lambda: vis.plot_slice(study, params=keys, target=first, target_name=target),
-            "timeline": lambda: vis.plot_timeline(study),
-            "empirical distribution": lambda: vis.plot_edf(study, target=first, target_name=target),
-        }
-        if first is not None:
-            names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
-            makers["Pareto front"] = lambda: vis.plot_pareto_front(study, target_names=names)
-        if len(complete) >= 2:
-            makers["parameter importances"] = lambda: vis.plot_param_importances(
-                study, target=self._importance_target(), target_name=target
-            )
-        if len(keys) >= 2:
-            makers["contour (two most important params)"] = lambda: vis.plot_contour(
-                study, params=ranked[:2], target=first, target_name=target
-            )
-        if any(t.intermediate_values for t in self._trials(*FINISHED)):
-            makers["intermediate values"] = lambda: vis.plot_intermediate_values(study)
-        out: dict[str, Figure] = {}
-        verbosity = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(optuna.logging.ERROR)  # "too few trials" notices
-        try:
-            for title, make in makers.items():
-                try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")  # experimental-API notices
-                        out[title] = make()
-                except Exception as exc:  # noqa: BLE001 - a missing figure must not end a study
-                    log.info("study figure %r unavailable: %s", title, exc)
-        finally:
-            optuna.logging.set_verbosity(verbosity)
-        return out
+        target = str(self.attr("metric") or self._params.metrics[0])
+        return report.study_figures(self._study, list(self._params.space), target)
 
     def failure_summary(self, limit: int = 5) -> str:
         """The failed trials' reasons, most frequent first, as one sentence for an error
@@ -535,7 +440,7 @@ class SearchStudy:
         sampler = self._study.sampler
         if isinstance(sampler, _GridSampler) and sampler.exhausted(self._study):
             return None  # every grid point has been tried (or is being tried)
-        trial = self._study.ask()
+        trial = self._study.ask(fixed_distributions=distributions(self._params.space))
         trial.set_user_attr(WORKER_ATTR, worker_id())
         ahead = finished = 0
         for t in self._trials(*FINISHED, TrialState.RUNNING):
@@ -547,7 +452,7 @@ class SearchStudy:
             trial.set_user_attr(REASON_ATTR, SURPLUS)
             self._study.tell(trial, state=TrialState.FAIL)
             return None
-        values = suggest(trial, self._params.space)
+        values = dict(trial.params)
         retry_of, retry_run = trial.user_attrs.get(RETRY_ATTR), trial.user_attrs.get(RETRY_RUN_ATTR)
         origin = trial.user_attrs.get(WARM_ATTR)
         return Trial(

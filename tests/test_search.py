@@ -67,6 +67,22 @@ def test_ask_samples_every_key_and_tell_records_states(tmp_path):
     assert study.best().number in (0, 1, 2)
 
 
+def suggest(trial: optuna.Trial, space: dict) -> dict:
+    """The classic objective's way to sample a space (suggest_* per param): the reference the
+    study's `ask(fixed_distributions=...)` must match."""
+    values = {}
+    for key, spec in space.items():
+        if "choices" in spec:
+            values[key] = trial.suggest_categorical(key, list(spec["choices"]))
+        elif all(isinstance(spec[b], int) for b in ("low", "high")) and not spec.get("log"):
+            values[key] = trial.suggest_int(key, spec["low"], spec["high"])
+        else:
+            values[key] = trial.suggest_float(
+                key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log"))
+            )
+    return values
+
+
 def test_same_seed_proposes_the_same_trials(tmp_path):
     runs = [drive(study_at(tmp_path / str(i)), 5) for i in range(2)]
     assert runs[0] == runs[1]
@@ -78,7 +94,7 @@ def test_a_lone_process_keeps_its_stream_and_simultaneous_openers_get_distinct_o
     first = lone.ask(10).values
     reference = optuna.samplers.TPESampler(seed=0, n_startup_trials=2)
     ref = optuna.create_study(sampler=reference, direction="maximize")
-    assert search.suggest(ref.ask(), SPACE) == first  # exactly what seed 0 proposes
+    assert suggest(ref.ask(), SPACE) == first  # exactly what seed 0 proposes
 
     a, b = study_at(tmp_path / "two"), study_at(tmp_path / "two")  # both see history 0
     assert a.ask(10).values != b.ask(10).values
@@ -92,7 +108,7 @@ def test_a_lone_process_proposes_what_optunas_own_loop_proposes_for_the_seed(tmp
     reference = optuna.create_study(
         sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=2), direction="maximize"
     )
-    reference.optimize(lambda t: objective(search.suggest(t, SPACE)), n_trials=8)
+    reference.optimize(lambda t: objective(suggest(t, SPACE)), n_trials=8)
     assert ours == [t.params for t in reference.trials]
 
 

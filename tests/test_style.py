@@ -13,7 +13,8 @@ OWNER = {  # framework -> the modules that may import it
     "keras": ("model.py",),
     "tensorflow": ("model.py",),
     "mlflow": ("tracking.py",),
-    "optuna": ("search.py", "storage.py"),  # sampling and the study; storages and their locks
+    # sampling and the study; storages and their locks; the study figures Optuna draws
+    "optuna": ("search.py", "storage.py", "report.py"),
 }
 
 
