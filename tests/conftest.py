@@ -123,22 +123,25 @@ def free_port() -> int:
 # Tests marked `faults` report what each scenario left behind through `fault_audit`; the closing
 # line sums what the tests that actually ran reported (so a failing scenario shows its count).
 
+# The counts travel on each test's report (user_properties), so the line is also right when
+# tests run in parallel worker processes (pytest-xdist): the summing happens where reports land.
+
 _FAULTS: dict[str, int] = {"scenarios": 0, "lost": 0, "running": 0, "leaked": 0}
-_FAULT_TESTS: set[str] = set()
+_AUDIT = "fault_audit"  # the user_properties key of a scenario's counts
 
 
 class FaultAudit:
     """What one fault scenario left behind: trials lost (trained without a matching run, or a
     run without its trial), runs still RUNNING, secrets leaked. Record, then assert zero."""
 
-    def __init__(self, nodeid: str) -> None:
-        self.nodeid = nodeid
+    def __init__(self, node: pytest.Item) -> None:
+        self._counts = {"lost": 0, "running": 0, "leaked": 0}
+        node.user_properties.append((_AUDIT, self._counts))  # the same dict: filled below
 
     def record(self, *, lost: int = 0, running: int = 0, leaked: int = 0) -> None:
-        _FAULT_TESTS.add(self.nodeid)
-        _FAULTS["lost"] += lost
-        _FAULTS["running"] += running
-        _FAULTS["leaked"] += leaked
+        self._counts["lost"] += lost
+        self._counts["running"] += running
+        self._counts["leaked"] += leaked
 
     def running_runs(self, store_uri: str) -> list[str]:
         """Names of the runs still RUNNING in every experiment of a store; recorded."""
@@ -154,16 +157,24 @@ class FaultAudit:
 
 @pytest.fixture
 def fault_audit(request: pytest.FixtureRequest) -> FaultAudit:
-    return FaultAudit(request.node.nodeid)
+    return FaultAudit(request.node)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.when == "call" and report.passed and "faults" in report.keywords:
+    if report.when != "call":
+        return
+    if report.passed and "faults" in report.keywords:
         _FAULTS["scenarios"] += 1
+    for key, counts in report.user_properties:
+        if key == _AUDIT:
+            for name, n in counts.items():
+                _FAULTS[name] += n
+            _FAULTS.setdefault("audited", 0)
+            _FAULTS["audited"] += 1
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest's reporter
-    if _FAULTS["scenarios"] or _FAULT_TESTS:
+    if _FAULTS["scenarios"] or _FAULTS.get("audited"):
         f = _FAULTS
         terminalreporter.write_line(
             f"faults: {f['scenarios']} scenarios passed, {f['lost']} lost trials, "
