@@ -33,12 +33,16 @@ def tracked_search(
     on_ready: Callable[[], None] | None = None,
     on_trial_end: Callable[[TrialSummary], None] | None = None,
     trainer: Trainer | None = None,
+    sampler: search.SamplerFactory | None = None,
+    pruner: search.Pruner | None = None,
 ) -> search.SearchStudy:
     """Run `trials` tracked trials; `on_ready` fires after the store is set up, just before the
     first trial (start clocks there, so store creation is not counted)."""
     params = config.with_values(params, {"search.n_trials": trials}, origin="bench")
     with tempfile.TemporaryDirectory() as tmp:
-        study = open_tracked(params, prep, Path(tmp), name=name, trainer=trainer)
+        study = open_tracked(
+            params, prep, Path(tmp), name=name, trainer=trainer, sampler=sampler, pruner=pruner
+        )
         with study.tracker.run("study", resume_id=study.parent_id):
             if on_ready is not None:
                 on_ready()
@@ -53,6 +57,8 @@ def open_tracked(
     *,
     name: str,
     trainer: Trainer | None = None,
+    sampler: search.SamplerFactory | None = None,
+    pruner: search.Pruner | None = None,
 ) -> TrackedStudy:
     """The pipeline's tracked study as a CLI worker opens it, on an in-memory Optuna storage,
     its MLflow store a SQLite file in `folder`; the caller reopens its parent run around the
@@ -65,6 +71,8 @@ def open_tracked(
         storage=memory_storage(),
         storage_display="memory",
         trainer=trainer,
+        sampler=sampler,
+        pruner=pruner,
     )
 
 

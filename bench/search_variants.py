@@ -24,11 +24,11 @@ from pathlib import Path
 import optuna
 from _common import tracked_search
 
-from pipeline import config, search, stages
+from pipeline import config, stages
 
 P, S = optuna.pruners, optuna.samplers
 PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner] | None] = {
-    "median, shipped (a third in)": None,  # search._pruner as it is
+    "median, shipped (a third in)": None,  # the params' own (search.make_pruner)
     "none": P.NopPruner,
     "median from epoch 4": lambda: P.MedianPruner(n_startup_trials=5, n_warmup_steps=3),
     "25th percentile from epoch 4": lambda: P.PercentilePruner(
@@ -42,17 +42,6 @@ SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
 }
 
 
-def swap(vary: str, name: str) -> None:
-    """Make the study's pruner or sampler the variant `name` (search._pruner / _sampler)."""
-    if vary == "pruner":
-        make_pruner = PRUNERS[name]
-        if make_pruner is not None:
-            search._pruner = lambda *_, **__: make_pruner()
-    else:
-        make_sampler = SAMPLERS[name]
-        search._sampler = lambda _params, seed: make_sampler(seed)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--vary", choices=("pruner", "sampler"), default="pruner")
@@ -63,7 +52,6 @@ def main() -> None:
     repo = Path(__file__).resolve().parent.parent
     variants = PRUNERS if a.vary == "pruner" else SAMPLERS
     results: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
-    shipped = search._pruner, search._sampler
     for seed in range(a.seeds):
         params = config.load(
             repo / "params" / "default.yaml", [f"train.epochs={a.epochs}"], extra={"seed": seed}
@@ -72,13 +60,17 @@ def main() -> None:
         params = stages.resolve_metric(params, prep)
         stages.fit(params, prep, seed=params.seed)  # warm-up
         for name in variants:
-            swap(a.vary, name)
-            try:
-                started = time.perf_counter()
-                study = tracked_search(params, prep, a.trials, name="variants")
-                seconds = time.perf_counter() - started
-            finally:
-                search._pruner, search._sampler = shipped
+            make_pruner = PRUNERS.get(name) if a.vary == "pruner" else None
+            started = time.perf_counter()
+            study = tracked_search(
+                params,
+                prep,
+                a.trials,
+                name="variants",
+                sampler=SAMPLERS[name] if a.vary == "sampler" else None,
+                pruner=make_pruner() if make_pruner is not None else None,
+            )
+            seconds = time.perf_counter() - started
             best = max(study.values().values())
             results[name].append((seconds, best))
             print(f"seed {seed} {name:<30} {seconds:6.1f} s  best val_accuracy {best:.4f}")

@@ -32,13 +32,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
 from pipeline.locks import file_lock
+from pipeline.provenance import version
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def entry_name(key: Mapping[str, Any], files: Sequence[Path]) -> tuple[str, str]
     """(prefix shared by every version of these params and files, this version's entry name)."""
     paths = [str(Path(f).resolve()) for f in files]
     base = _hash(json.dumps({"key": key, "files": paths}, sort_keys=True, default=str))[:16]
-    versions = {n: _version(n) for n in _VERSIONED}
+    versions = {n: version(n) for n in _VERSIONED}
     code = {f: _hash((_PACKAGE / f).read_bytes()) for f in _CODE}
     signature = {"format": FORMAT, "versions": versions, "code": code, "files": []}
     for f in files:
@@ -130,13 +130,6 @@ def _sample_hash(path: Path) -> str:
 
 def _hash(data: str | bytes) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
-
-
-def _version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "absent"
 
 
 # -- writing ----------------------------------------------------------------------------------

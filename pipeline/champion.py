@@ -89,7 +89,7 @@ def finish(tracked: TrackedStudy) -> Outcome:
             )
             raise PipelineError(
                 f"study {tracked.name!r}: {why}; nothing to evaluate or register."
-                + tracked.study.failure_summary()  # issue 8: say why, not only that
+                + tracked.study.failure_summary()  # say why, not only that
             )
         record = ChampionRecord.from_attr(tracked.study.attr(CHAMPION_ATTR))
         if record and record.trial == best.number and tracked.tracker.exists(record.run_id):
@@ -109,8 +109,8 @@ def _make_champion(tracked: TrackedStudy, best: search.Best) -> ChampionRecord:
     validation split, and tested and registered the same way. Having no validation rows,
     it keeps the weights of its epoch with the lowest training loss (early stopping on
     `loss` that never stops): with a noisy optimizer the last epoch can land anywhere,
-    while each fold's score came from its best epoch (measured: a tanh/SGD-momentum iris
-    refit ended at training accuracy 0.59 after passing 0.99 thirteen epochs earlier).
+    while each fold's score came from its best epoch (a tanh/SGD-momentum iris refit can end
+    far below the training accuracy it passed a dozen epochs earlier).
     """
     params = tracked.params
     if best.run_id is None:

@@ -12,8 +12,8 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 
 WORKERS_ENV = "PIPELINE_WORKERS"  # the --workers default when the flag is not given
-# What `auto` budgets per worker: a digits worker holds ~1.0 GiB resident after 20 trials
-# (bench/memory.py), so a machine with little free memory gets fewer.
+# What `auto` budgets per worker: a digits worker holds about 1 GiB resident (bench/memory.py),
+# so a machine with little free memory gets fewer.
 WORKER_MEMORY = 1.25 * 2**30
 
 

@@ -13,15 +13,21 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from pipeline.config import ModelParams, TrainParams
 from pipeline.data import Splits, TargetScaler
 from pipeline.errors import TrainingDiverged
+
+if TYPE_CHECKING:
+    import keras
+
+# Why fit ended: all epochs ran, early stopping ended it, or the epoch hook (the pruner) did.
+StopReason = Literal["completed", "early_stopping", "hook"]
 
 # on_epoch(epoch, logs) -> True asks training to stop now (used for pruning). `logs` holds the
 # epoch's entries of the final history: the loss and metrics, every val_* metric, and "lr".
@@ -52,13 +58,12 @@ def _executions(steps: int) -> tuple[int, bool]:
 class TrainResult:
     """A trained model and what happened while training it."""
 
-    model: Any
+    model: keras.Model
     history: dict[str, list[float]]
     epochs_run: int
     seconds: float
-    stopped_by: str  # completed | early_stopping | hook
-    # best_epoch: the epochs the returned weights trained for (early stopping's restored epoch)
-    extra: dict[str, Any] = field(default_factory=dict)
+    stopped_by: StopReason
+    best_epoch: int  # the epochs the returned weights trained for (early stopping's restored one)
 
 
 class TrainInput:
@@ -72,8 +77,8 @@ class TrainInput:
     What is shuffled and batched is the rows' indices; each batch then takes its rows from the
     arrays as they are (memory-mapped from the data cache, pages shared by every worker). A
     tensor copy of the rows costs twice their size in TensorFlow (~240 MB at MNIST scale), and
-    shuffling the rows themselves held a cached copy plus a shuffle buffer of the whole split
-    (issue 7). The permutation depends only on the seed and the row count, so the batches are
+    shuffling the rows themselves held a cached copy plus a shuffle buffer of the whole split.
+    The permutation depends only on the seed and the row count, so the batches are
     exactly those of shuffling the rows.
     """
 
@@ -114,12 +119,10 @@ def configure_threads(workers: int) -> None:
     machine; must run before the backend starts any work.
 
     Several workers: one thread each, on both backends (K single-threaded processes beat one
-    K-threaded process: `python bench/search_modes.py`). One worker on TensorFlow: compute
+    K-threaded process; bench/search_modes.py measures it). One worker on TensorFlow: compute
     threads are the cores but one, since the spare core runs tf.data's own input threads,
     tracking writes and the heartbeat, which otherwise queue behind TensorFlow's compute pool
-    (on 2 cores, 1 compute thread trained the digits trials 1.09-1.24x faster than
-    TensorFlow's default of 2; an MNIST-scale epoch 0.89-1.13x, within the machine's noise:
-    `python bench/threads.py --mnist`, twice). One worker on JAX keeps XLA's own default.
+    (bench/threads.py; figures in docs/benchmarks.md). One worker on JAX keeps XLA's default.
     """
     from pipeline import machine
 
@@ -406,19 +409,74 @@ def train(
     _quiet_tensorflow()
     import keras
 
+    _seed_everything(seed)
+    started = time.perf_counter()
+    model = build(splits.X_train.shape[1], task, n_classes, model_params)
+    steps = max(1, math.ceil(len(splits.X_train) / train_params.batch_size))
+    prepared = inputs is not None and keras.backend.backend() == "tensorflow"
+    per_call, endless = (
+        _executions(steps) if prepared else (min(steps, _MAX_STEPS_PER_EXECUTION), False)
+    )
+    _compile(model, task, n_classes, model_params, train_params, steps, per_call)
+    recorder = _make_callback(on_epoch, splits.X_val, splits.y_val, task, n_classes, target)
+    early = _early_stopping(train_params)
+    if keras.backend.backend() == "tensorflow":
+        _build_state(model, splits.X_train[:1], splits.y_train[:1])
+    if prepared:
+        batches = inputs.batches(train_params.batch_size, seed, shuffle=shuffle, repeat=endless)
+        data = {"x": batches, "shuffle": False, "steps_per_epoch": steps if endless else None}
+    else:  # the arrays as they are, the target as the network fits it
+        y_fit = splits.y_train if target is None else target.transform(splits.y_train)
+        data = {"x": splits.X_train, "y": y_fit, "batch_size": train_params.batch_size}
+        data["shuffle"] = shuffle
+    callbacks = [recorder] if early is None else [recorder, early]
+    fit = model.fit(**data, epochs=train_params.epochs, verbose=0, callbacks=callbacks)
+    history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+    epochs_run = len(history.get("loss", []))
+    history["lr"] = recorder.lr[:epochs_run]
+    seconds = time.perf_counter() - started
+    if recorder.diverged:
+        raise TrainingDiverged(f"training diverged: {recorder.diverged}")
+    stopped_by: StopReason = "completed"
+    if recorder.hook_stopped:
+        stopped_by = "hook"
+    elif epochs_run < train_params.epochs:
+        stopped_by = "early_stopping"
+    return TrainResult(model, history, epochs_run, seconds, stopped_by, _best(early, epochs_run))
+
+
+def _best(early: keras.callbacks.EarlyStopping | None, epochs_run: int) -> int:
+    """The epochs the returned weights were trained for: early stopping's restored best epoch."""
+    if early is not None and early.restore_best_weights and early.best_weights is not None:
+        return int(early.best_epoch) + 1
+    return epochs_run
+
+
+def _seed_everything(seed: int) -> None:
+    """Python, NumPy and the backend seeded, and TensorFlow's ops deterministic: the same
+    params and seed give the same weights."""
+    import keras
+
     keras.utils.set_random_seed(seed)
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-    started = time.perf_counter()
-    model = build(splits.X_train.shape[1], task, n_classes, model_params)
-    steps = max(1, math.ceil(len(splits.X_train) / train_params.batch_size))
+
+
+def _compile(
+    model: keras.Model,
+    task: str,
+    n_classes: int,
+    model_params: ModelParams,
+    train_params: TrainParams,
+    steps: int,
+    per_call: int,
+) -> None:
+    """The optimizer with its learning-rate schedule, the task's loss and metrics."""
+    import keras
+
     _, _, loss = output_spec(task, n_classes, model_params)
-    prepared = inputs is not None and keras.backend.backend() == "tensorflow"
-    per_call, endless = (
-        _executions(steps) if prepared else (min(steps, _MAX_STEPS_PER_EXECUTION), False)
-    )
     metrics: list[Any] = (
         [keras.metrics.RootMeanSquaredError(name="rmse"), "mae"]
         if task == "regression"
@@ -431,41 +489,18 @@ def train(
         # Run several steps per graph call: small MLPs are bound by per-step overhead.
         steps_per_execution=per_call,
     )
-    recorder = _make_callback(on_epoch, splits.X_val, splits.y_val, task, n_classes, target)
-    callbacks: list[Any] = [recorder]
+
+
+def _early_stopping(train_params: TrainParams) -> keras.callbacks.EarlyStopping | None:
+    """Keras's early stopping as `train.early_stopping` sets it (patience 0: off)."""
+    import keras
+
     es = train_params.early_stopping
-    early = None
-    if es.patience > 0:
-        early = keras.callbacks.EarlyStopping(
-            monitor=es.monitor, patience=es.patience, restore_best_weights=es.restore_best_weights
-        )
-        callbacks.append(early)
-    if keras.backend.backend() == "tensorflow":
-        _build_state(model, splits.X_train[:1], splits.y_train[:1])
-    if prepared:
-        batches = inputs.batches(train_params.batch_size, seed, shuffle=shuffle, repeat=endless)
-        data = {"x": batches, "shuffle": False, "steps_per_epoch": steps if endless else None}
-    else:
-        y_fit = splits.y_train if target is None else target.transform(splits.y_train)
-        data = {"x": splits.X_train, "y": y_fit, "batch_size": train_params.batch_size}
-        data["shuffle"] = shuffle
-    fit = model.fit(**data, epochs=train_params.epochs, verbose=0, callbacks=callbacks)
-    history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
-    epochs_run = len(history.get("loss", []))
-    history["lr"] = recorder.lr[:epochs_run]
-    seconds = time.perf_counter() - started
-    if recorder.diverged:
-        raise TrainingDiverged(f"training diverged: {recorder.diverged}")
-    stopped_by = "completed"
-    if recorder.hook_stopped:
-        stopped_by = "hook"
-    elif epochs_run < train_params.epochs:
-        stopped_by = "early_stopping"
-    # The epochs the returned weights were trained for: early stopping's restored best epoch.
-    best_epoch = epochs_run
-    if early is not None and es.restore_best_weights and early.best_weights is not None:
-        best_epoch = int(early.best_epoch) + 1
-    return TrainResult(model, history, epochs_run, seconds, stopped_by, {"best_epoch": best_epoch})
+    if es.patience <= 0:
+        return None
+    return keras.callbacks.EarlyStopping(
+        monitor=es.monitor, patience=es.patience, restore_best_weights=es.restore_best_weights
+    )
 
 
 def _build_state(model: Any, X: np.ndarray, y: np.ndarray) -> None:
@@ -627,7 +662,7 @@ def _forget_traced_custom_gradients() -> None:
     registers its gradient function under a new name (`CustomGradient-<uid>`) in TensorFlow's
     process-wide gradient registry, which nothing ever empties (tensorflow#97697). The
     function's closure holds tensors of the traced step, so the whole step graph stayed alive
-    with its traced functions and their runtime copies: 2 graphs, +8.6 MiB RSS per trial.
+    with its traced functions and their runtime copies, a few MiB more with every trial.
 
     A registered gradient is looked up only while a graph's gradients are being built (during
     tracing), never when a traced function runs; between trainings no graph is being built,

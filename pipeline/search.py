@@ -14,13 +14,14 @@ electing a parent run or a champion, reaping a dead worker's trial) happens unde
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
 import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Optuna internals this project relies on, named once; tests/test_search.py fails when a release
+# moves one. Each has no public equivalent:
+# What open_study takes to override the params' sampler (called with the process's seed) and
+# pruner: callers outside this module name them without importing Optuna.
+SamplerFactory = Callable[[int], optuna.samplers.BaseSampler]
+Pruner = optuna.pruners.BasePruner
+OPTUNA_INTERNALS = {
+    # whether a warm-start value still fits a distribution of the space
+    "optuna.distributions.BaseDistribution._contains": "fit_to_space",
+    # whether a grid search has tried every point (ask/tell has no study.stop())
+    "optuna.samplers.GridSampler._get_unvisited_grid_ids": "_GridSampler.exhausted",
+    # the journal file's own lock, which an atomic append must hold (pipeline.storage)
+    "optuna.storages.journal._file.get_lock_file": "storage._journal_backend",
+}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WORKER_ATTR = "worker"
 RUN_ATTR = "mlflow_run_id"
@@ -132,10 +147,11 @@ class _GridSampler(optuna.samplers.GridSampler):
         return None
 
     def exhausted(self, study: optuna.Study) -> bool:
-        return not self._get_unvisited_grid_ids(study)
+        return not self._get_unvisited_grid_ids(study)  # an Optuna internal: see OPTUNA_INTERNALS
 
 
-def _sampler(params: SearchParams, seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(params: SearchParams, seed: int) -> optuna.samplers.BaseSampler:
+    """The sampler of `search.sampler`, seeded (each process of a study gets its own seed)."""
     s = optuna.samplers
     if params.sampler == "random":
         return s.RandomSampler(seed=seed)
@@ -158,15 +174,14 @@ def median_warmup(max_epochs: int) -> int:
     """Epochs the median pruner waits before judging a trial: a third of the budget, at least 3.
 
     Judged early, a trial is compared on how fast it learns, not how well it ends: a large
-    batch or a decaying learning rate starts behind and often finishes ahead. Over 5 seeds of
-    the default search (bench/search_variants.py), pruning from epoch 4 of 30 cost the best
-    trial on 1 seed in 5 (2 validation rows of 270 on seed 4, and 2 on the preset's seed 42);
-    from epoch 11 it matched the no-pruner best on all 5, for ~5 % more search time.
+    batch or a decaying learning rate starts behind and often finishes ahead; judged from a
+    third of the epochs, the pruned search found the no-pruner best (bench/search_variants.py,
+    figures in docs/benchmarks.md).
     """
     return max(3, max_epochs // 3)
 
 
-def _pruner(params: SearchParams, max_epochs: int, folds: int = 0) -> optuna.pruners.BasePruner:
+def make_pruner(params: SearchParams, max_epochs: int, folds: int = 0) -> optuna.pruners.BasePruner:
     """The pruner of `search.pruner`; its steps are epochs, or folds when `folds` >= 2.
 
     Cross-validated trials are judged between folds, on the running mean of the search metric
@@ -226,7 +241,7 @@ def fit_to_space(
             continue
         dist = _distribution(space[key])
         try:
-            inside = dist._contains(dist.to_internal_repr(value))
+            inside = dist._contains(dist.to_internal_repr(value))  # see OPTUNA_INTERNALS
         except (ValueError, TypeError):  # a categorical value not among the choices
             inside = False
         if inside:
@@ -310,7 +325,7 @@ class SearchStudy:
         self._storage = storage
         self._params = params
         self.name = study.study_name
-        self._id = study._study_id
+        self._id = storage.backend.get_study_id_from_name(study.study_name)
 
     # attributes and locks
 
@@ -323,6 +338,10 @@ class SearchStudy:
 
     def set_attr(self, key: str, value: Any) -> None:
         self._storage.backend.set_study_user_attr(self._id, key, value)
+
+    def _trial_id(self, number: int) -> int:
+        """The storage's id of this study's trial `number` (what storage calls take)."""
+        return self._storage.backend.get_trial_id_from_study_id_trial_number(self._id, number)
 
     # reading
 
@@ -440,8 +459,12 @@ class SearchStudy:
         sampler = self._study.sampler
         if isinstance(sampler, _GridSampler) and sampler.exhausted(self._study):
             return None  # every grid point has been tried (or is being tried)
-        trial = self._study.ask(fixed_distributions=distributions(self._params.space))
-        trial.set_user_attr(WORKER_ATTR, worker_id())
+        # The trial and its owner reach the study together, under the study lock: a RUNNING
+        # trial without an owner is then one whose asker died in between (a full disk, a
+        # SIGKILL), and dead_trials() reaps it at once instead of after STALE_AFTER_SECONDS.
+        with self.exclusive():
+            trial = self._study.ask(fixed_distributions=distributions(self._params.space))
+            trial.set_user_attr(WORKER_ATTR, worker_id())
         ahead = finished = 0
         for t in self._trials(*FINISHED, TrialState.RUNNING):
             if t.state in FINISHED:
@@ -459,7 +482,7 @@ class SearchStudy:
             trial.number,
             values,
             trial,
-            _Heartbeat(self._storage.backend, trial._trial_id),
+            _Heartbeat(self._storage.backend, self._trial_id(trial.number)),
             int(retry_of) if retry_of is not None else None,
             str(retry_run) if retry_run else None,
             warm_start_from=str(origin) if origin else None,
@@ -534,14 +557,16 @@ class SearchStudy:
             beat = t.user_attrs.get(HEARTBEAT_ATTR)
             start = t.datetime_start.timestamp() if t.datetime_start else now
             dead = now - float(beat if beat is not None else start) > STALE_AFTER_SECONDS
-            if worker_host == host and pid.isdigit():  # a pid is checkable here (and may be
+            if not worker:  # its asker died before naming itself (see ask)
+                dead = True
+            elif worker_host == host and pid.isdigit():  # a pid is checkable here (and may be
                 dead = dead or not pid_alive(int(pid))  # reused, hence the heartbeat too)
             if dead:
                 run_id = t.user_attrs.get(RUN_ATTR)
                 out.append(
                     DeadTrial(
                         t.number,
-                        t._trial_id,
+                        self._trial_id(t.number),
                         str(run_id) if run_id else None,
                         dict(t.params),
                         int(t.user_attrs.get("retries", 0)),
@@ -631,8 +656,13 @@ def open_study(
     folds: int = 0,
     new: bool = False,
     configured: Mapping[str, Any] | None = None,
+    sampler: SamplerFactory | None = None,
+    pruner: Pruner | None = None,
 ) -> SearchStudy:
     """Create or resume the study; refuse to resume one whose search space has changed.
+
+    The sampler and pruner are those of the params (make_sampler, make_pruner) unless given:
+    `sampler` is then called with this process's seed (benches compare variants this way).
 
     `configured` (dotted key -> value, the params as written) is the baseline a new study
     tries first when `search.baseline_first` is on, unless it warm-starts (an earlier study's
@@ -667,8 +697,10 @@ def open_study(
         study = optuna.load_study(
             study_name=name,
             storage=backend,
-            sampler=_sampler(params, seed + history + 7919 * slot),
-            pruner=_pruner(params, max_epochs, folds),
+            sampler=(sampler or functools.partial(make_sampler, params))(
+                seed + history + 7919 * slot
+            ),
+            pruner=pruner or make_pruner(params, max_epochs, folds),
         )
         if study.metric_names is None and "auto" not in params.metrics:
             study.set_metric_names(list(params.metrics))  # optuna-dashboard labels them

@@ -7,6 +7,7 @@ command, a tracked study and the benches all train and log a model in exactly th
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -306,7 +307,7 @@ def log_fold(
     with tracker.live_metrics(run_id) as metrics:  # one write
         metrics.add_history({tag + k: v for k, v in result.history.items()})
         metrics.add(result.epochs_run, {tag + k: v for k, v in final.items()})
-        best_epoch = result.extra.get("best_epoch", result.epochs_run)
+        best_epoch = result.best_epoch
         metrics.add(0, {f"{tag}epochs_run": result.epochs_run, f"{tag}best_epoch": best_epoch})
     return {**final, SIZE_OBJECTIVE: float(model.count_params(result.model))}
 
@@ -377,8 +378,8 @@ def log_dataset(tracker: Tracker, run_id: str, params: config.Params, prep: Prep
 
     The digest hashes every row (data.content_digest, in place over the memory-mapped
     arrays, whose pages are released after); MLflow infers the schema from the first
-    DATASET_SAMPLE rows only, so no copy of the whole data set is built (issue 7: it was the
-    peak of a run at MNIST scale).
+    DATASET_SAMPLE rows only, so no copy of the whole data set is built (such a copy was the
+    peak of a run's memory at MNIST scale).
     """
     from pipeline import cache, data
 
@@ -449,7 +450,7 @@ def load_trained(tracker: Tracker, run_id: str, prep: Prepared) -> TrainResult:
     with tempfile.TemporaryDirectory() as tmp:
         net = model.load(tracker.download_artifact(run_id, "model.keras", tmp))
     seconds = float(run_metrics.get("train_seconds", 0.0))
-    return model.TrainResult(net, history, epochs, seconds, "completed")
+    return model.TrainResult(net, history, epochs, seconds, "completed", best_epoch=epochs)
 
 
 def log_weights(tracker: Tracker, run_id: str, result: TrainResult) -> None:
@@ -470,7 +471,7 @@ def log_champion(
     register_as: str | None,
 ) -> Champion:
     """Test metrics (the test split's only use), plots, report and the servable model."""
-    from pipeline import model, report
+    from pipeline import model, report, serving
 
     ds = prep.dataset
     test = score(result, prep, "test")
@@ -497,6 +498,19 @@ def log_champion(
     }
     example = frame(prep, prep.raw.X_test[:5])
     with tempfile.TemporaryDirectory() as tmp:
-        path = model.save(result.model, Path(tmp) / "model.keras")
-        uri, version = tracker.log_model(run_id, path, preprocess, example, register_as=register_as)
+        artifacts = {
+            serving.KERAS_MODEL: model.save(result.model, Path(tmp) / "model.keras"),
+            serving.PREPROCESS: Path(tmp) / "preprocess.json",
+        }
+        artifacts[serving.PREPROCESS].write_text(json.dumps(preprocess))
+        wrapper = serving.ServingModel()  # as MLflow will load it: its output is the signature's
+        wrapper.load_from(str(artifacts[serving.KERAS_MODEL]), str(artifacts[serving.PREPROCESS]))
+        uri, version = tracker.log_model(
+            run_id,
+            code=Path(serving.__file__).with_name("serving_entry.py"),
+            artifacts=artifacts,
+            input_example=example,
+            output_example=wrapper.predict(None, example),
+            register_as=register_as,
+        )
     return Champion(test, uri, version)

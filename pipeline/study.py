@@ -119,8 +119,11 @@ class TrackedStudy:
         storage_display: str,
         new: bool = False,
         trainer: trainers.Trainer | None = None,
+        sampler: search.SamplerFactory | None = None,
+        pruner: search.Pruner | None = None,
     ) -> TrackedStudy:
-        """Open or resume the study and elect its parent run (exactly one per study)."""
+        """Open or resume the study and elect its parent run (exactly one per study); the
+        sampler and pruner are the params' unless given (search.open_study)."""
         params = stages.resolve_metric(params, prep)
         study = search.open_study(
             name,
@@ -131,6 +134,8 @@ class TrackedStudy:
             folds=prep.folds.k if prep.folds is not None else 0,
             new=new,
             configured=config.flatten(params),
+            sampler=sampler,
+            pruner=pruner,
         )
         cls._check_folds(study, prep)
         parent_id = study.attr(PARENT_ATTR)

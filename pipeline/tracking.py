@@ -11,24 +11,22 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import errno
 import functools
 import json
 import logging
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from pipeline.errors import TrackingError, TrialPruned
+from pipeline.failures import GuardedClient, guard
 from pipeline.locks import file_lock, pid_alive
 from pipeline.protocol import (
     ERROR_TAG,
@@ -42,12 +40,12 @@ from pipeline.protocol import (
     RunStatus,
     TrialState,
 )
+from pipeline.provenance import environment_tags, version
 from pipeline.uris import mask_secret, sqlite_path, sqlite_uri
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HOME = Path("mlruns")
-_VERSIONED = ("tensorflow", "keras", "mlflow", "optuna", "pandas", "scikit-learn", "numpy")
 _MAX_PARAM_LEN = 6000
 # What one MLflow log_batch may carry: params and tags, each; and entities of all kinds.
 _MAX_BATCH_PARAMS = 100
@@ -58,107 +56,6 @@ LIVE_SECONDS = 2.0
 # ... and never sooner than this many times the last write took: writing stays near 1% of
 # training time on a slow store (see LiveMetrics).
 WRITE_SHARE_FACTOR = 100
-
-
-# -- store failures -----------------------------------------------------------------------------
-# A full or read-only disk and an unreachable server are not bugs: they become one TrackingError
-# naming the store, the operation and the path, instead of MLflow's or SQLite's traceback.
-
-_OS_REASONS = {
-    errno.ENOSPC: "the disk is full",
-    errno.EDQUOT: "the disk quota is exceeded",
-    errno.EROFS: "the file system is read-only",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "permission denied",
-}
-_TEXT_REASONS = (  # (fragment of the driver's message, lower case) -> reason
-    ("database or disk is full", "the disk is full"),
-    ("no space left on device", "the disk is full"),
-    ("readonly database", "the store is read-only"),
-    ("read-only file system", "the file system is read-only"),
-    ("unable to open database file", "the database file cannot be opened"),
-    ("disk i/o error", "a disk I/O error"),
-    ("max retries exceeded", "the tracking server is unreachable"),
-    ("connection refused", "the tracking server is unreachable"),
-    ("failed to establish a new connection", "the tracking server is unreachable"),
-    ("remotedisconnected", "the tracking server closed the connection"),
-    ("connection aborted", "the tracking server closed the connection"),
-    ("read timed out", "the tracking server did not answer in time"),
-    ("server closed the connection unexpectedly", "the database connection was lost"),
-    ("terminating connection due to administrator command", "the database connection was lost"),
-    ("connection to server at", "the database server is unreachable"),
-)
-
-
-def store_failure(exc: BaseException) -> tuple[str, str | None] | None:
-    """(reason, path or None) if `exc` (or its cause) is a store-environment failure: a full
-    or read-only disk, an unreachable server, a lost database connection. None otherwise."""
-    seen: set[int] = set()
-    node: BaseException | None = exc
-    while node is not None and id(node) not in seen:
-        seen.add(id(node))
-        if isinstance(node, OSError) and node.errno in _OS_REASONS:
-            return _OS_REASONS[node.errno], node.filename
-        text = f"{type(node).__name__}: {node}".lower()
-        for fragment, reason in _TEXT_REASONS:
-            if fragment in text:
-                return reason, None
-        node = node.__cause__ or node.__context__
-    return None
-
-
-def _advice(reason: str) -> str:
-    if "unreachable" in reason or "connection" in reason or "answer" in reason:
-        return (
-            "Check that the server is up and reachable, then run the same command again "
-            "(a search resumes where it stopped)."
-        )
-    return (
-        "Free some space or make it writable (or point --tracking-uri elsewhere), then run the "
-        "same command again: the store is unchanged by the failed write, and the next start "
-        "closes any run this one could not."
-    )
-
-
-class _GuardedClient:
-    """An MlflowClient whose store-environment failures become TrackingError (see above);
-    every other exception (not found, already exists...) passes through unchanged."""
-
-    def __init__(self, client: Any, display_uri: str, path: str | None) -> None:
-        self._client = client
-        self._display_uri = display_uri
-        self._path = path
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._client, name)
-        if not callable(attr):
-            return attr
-
-        @functools.wraps(attr)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            with guard(self._display_uri, name, self._path):
-                return attr(*args, **kwargs)
-
-        return call
-
-
-@contextmanager
-def guard(display_uri: str, what: str, path: str | None = None) -> Iterator[None]:
-    """Turn a store-environment failure inside the block into one TrackingError."""
-    try:
-        yield
-    except TrackingError:
-        raise
-    except Exception as exc:
-        found = store_failure(exc)
-        if found is None:
-            raise
-        reason, where = found
-        where = where or path
-        at = f" at {where}" if where else ""
-        raise TrackingError(
-            f"tracking store {display_uri}: {what} failed: {reason}{at}. {_advice(reason)}"
-        ) from None
 
 
 def default_uri(home: Path = DEFAULT_HOME) -> str:
@@ -252,34 +149,6 @@ def _bound_client_retries() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 
-@functools.cache
-def environment_tags() -> dict[str, str]:
-    """Git commit and package versions, so a run says exactly what produced it (read once per
-    process: a `git` subprocess per trial run would be pure tracking overhead)."""
-    tags = {f"version.{name}": _version(name) for name in _VERSIONED}
-    tags["keras.backend"] = os.environ.get("KERAS_BACKEND", "tensorflow")
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    return tags
-
-
-def _version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "absent"
-
-
 # Runs this process created or reopened and has not yet tried to end: ended FAILED at exit, so
 # a crash outside any `run()` context (or a bug that forgets one) never leaves them RUNNING.
 # Keyed by run id: (client, pid) - a forked child never ends its parent's runs.
@@ -316,7 +185,173 @@ def _end_unended_runs_at_exit() -> None:
     atexit.register(_end_unended_runs)
 
 
-class Tracker:
+class _Store:
+    """What the tracker's parts share: the store's client and the experiment's id."""
+
+    client: Any
+    uri: str
+    display_uri: str
+    experiment_id: str
+    experiment_name: str
+    _db_path: str | None
+
+
+class _Reading(_Store):
+    """Reading runs back: results, curves, artifacts, the runs table, the UI address."""
+
+    def exists(self, run_id: str | None) -> bool:
+        """True if the run is in this store and experiment (a resumed study's parent)."""
+        if not run_id:
+            return False
+        try:
+            run = self.client.get_run(run_id)
+        except TrackingError:
+            raise  # the store is unreachable: "no such run" would elect a second parent
+        except Exception:  # noqa: BLE001 - MLflow raises its own not-found exception
+            return False
+        return run.info.experiment_id == self.experiment_id
+
+    def running_trial_runs(self, parent_id: str) -> list[tuple[str, int]]:
+        """(run id, trial number) of the parent's trial runs still marked RUNNING."""
+        found = self.runs(f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = 'RUNNING'")
+        return [
+            (r.info.run_id, int(r.data.tags[TRIAL_TAG]))
+            for r in found
+            if r.data.tags.get(TRIAL_TAG, "").isdigit()
+        ]
+
+    def trial_result(self, run_id: str) -> tuple[TrialState, float | list[float] | None] | None:
+        """(state, value) a trial run recorded once it was fully logged (a multi-objective
+        trial's values as a list), or None if it never got that far (its worker died before
+        the end of training and logging)."""
+        try:
+            tags = self.client.get_run(run_id).data.tags
+        except TrackingError:
+            raise
+        except Exception:  # noqa: BLE001 - MLflow raises its own not-found exception
+            return None
+        state = tags.get(STATE_TAG)
+        if state == TrialState.PRUNED:
+            return TrialState.PRUNED, None
+        if state == TrialState.COMPLETE and RESULT_TAG in tags:
+            values = [float(v) for v in tags[RESULT_TAG].split(",")]
+            return TrialState.COMPLETE, values if len(values) > 1 else values[0]
+        return None
+
+    def metric_history(self, run_id: str, key: str) -> list[float]:
+        return [
+            m.value
+            for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.step)
+        ]
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        """Each metric's latest value."""
+        return dict(self.client.get_run(run_id).data.metrics)
+
+    def download_artifact(self, run_id: str, path: str, dst: str | Path) -> Path:
+        return Path(self.client.download_artifacts(run_id, path, str(dst)))
+
+    def read_artifact(self, run_id: str, path: str) -> bytes | None:
+        """A top-level artifact file of a run as bytes, or None if the run has no such file."""
+        if path not in {a.path for a in self.client.list_artifacts(run_id)}:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            return self.download_artifact(run_id, path, tmp).read_bytes()
+
+    def runs(self, filter_string: str = "", max_results: int = 5000) -> list[Any]:
+        return list(
+            self.client.search_runs(
+                [self.experiment_id], filter_string=filter_string, max_results=max_results
+            )
+        )
+
+    def ui_url(self, host: str = "127.0.0.1", port: int = 5000) -> str:
+        return f"http://{host}:{port}/#/experiments/{self.experiment_id}/runs"
+
+
+class _Models(_Store):
+    """The dataset a run used and the servable model it made."""
+
+    def log_dataset(
+        self,
+        run_id: str,
+        sample: Any,
+        *,
+        rows: int,
+        digest: str,
+        name: str,
+        source: str,
+        target: str,
+        context: str = "training",
+    ) -> None:
+        """Data as an MLflow dataset input (name, digest, schema, profile, source); `context`
+        says what it was used for (training, or test for a separate test file).
+
+        Only a `sample` of the rows (a data frame with every column) is handed to MLflow, to
+        infer the schema; the digest (of all the data, computed by the caller) and the profile
+        (`rows` rows) are given. MLflow's own digest of a whole frame would need it built in
+        memory (float64: 376 MB at MNIST scale) and then maps every cell to its Python type
+        (peaking near 2.4 GB and 30 s there), and it hashes only the first 10 000 rows.
+        """
+        import mlflow.data
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        logged = mlflow.data.from_pandas(
+            sample, source=source, name=name, targets=target, digest=digest
+        )._to_mlflow_entity()
+        profile = {"num_rows": rows, "num_elements": rows * sample.shape[1]}  # as from_pandas
+        entity = Dataset(
+            name=logged.name,
+            digest=logged.digest,
+            source_type=logged.source_type,
+            source=logged.source,
+            schema=logged.schema,
+            profile=json.dumps(profile),
+        )
+        tags = [InputTag("mlflow.data.context", context)]
+        self.client.log_inputs(run_id, datasets=[DatasetInput(entity, tags)])
+
+    def log_model(
+        self,
+        run_id: str,
+        *,
+        code: Path,
+        artifacts: Mapping[str, Path],
+        input_example: Any,
+        output_example: Any,
+        register_as: str | None = None,
+    ) -> tuple[str, str | None]:
+        """Log a pyfunc "model from code": `code` is the file MLflow runs to build the model
+        (its package goes along), `artifacts` the files it loads, the examples give the
+        signature. Pickle-free. Registered under `register_as` with the alias `champion`.
+        Returns (model URI, registered version)."""
+        import mlflow
+        from mlflow.models import infer_signature
+
+        with guard(self.display_uri, "logging the model", self._db_path):
+            signature = infer_signature(input_example, output_example)
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=str(code),
+                    artifacts={k: str(v) for k, v in artifacts.items()},
+                    code_paths=[str(code.parent)],
+                    signature=signature,
+                    input_example=input_example,
+                    pip_requirements=_pip_requirements(),
+                )
+            # fluent end_run above marked it FINISHED; the caller's context sets the real end.
+            self.client.update_run(run_id, status=RunStatus.RUNNING)
+        version = None
+        if register_as:
+            with guard(self.display_uri, "registering the model", self._db_path):
+                mv = mlflow.register_model(info.model_uri, register_as)
+            version = str(mv.version)
+            self.client.set_registered_model_alias(register_as, "champion", version)
+        return info.model_uri, version
+
+
+class Tracker(_Reading, _Models):
     """One experiment in one tracking store, with the run operations the pipeline needs."""
 
     live_seconds = LIVE_SECONDS  # how often live_metrics() writes (0: every epoch)
@@ -348,7 +383,7 @@ class Tracker:
         with guard(self.display_uri, "opening the store", self._db_path), _store_lock(self.uri):
             if self._db_path is not None:
                 _ensure_sqlite_store(Path(self._db_path), _artifact_root(self.uri))
-            self.client = _GuardedClient(
+            self.client = GuardedClient(
                 MlflowClient(tracking_uri=self.uri), self.display_uri, self._db_path
             )
             self.experiment_id = self._experiment(experiment)
@@ -485,65 +520,6 @@ class Tracker:
             closed += 1
         return closed
 
-    def exists(self, run_id: str | None) -> bool:
-        """True if the run is in this store and experiment (a resumed study's parent)."""
-        if not run_id:
-            return False
-        try:
-            run = self.client.get_run(run_id)
-        except TrackingError:
-            raise  # the store is unreachable: "no such run" would elect a second parent
-        except Exception:  # noqa: BLE001 - MLflow raises its own not-found exception
-            return False
-        return run.info.experiment_id == self.experiment_id
-
-    def running_trial_runs(self, parent_id: str) -> list[tuple[str, int]]:
-        """(run id, trial number) of the parent's trial runs still marked RUNNING."""
-        found = self.runs(f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = 'RUNNING'")
-        return [
-            (r.info.run_id, int(r.data.tags[TRIAL_TAG]))
-            for r in found
-            if r.data.tags.get(TRIAL_TAG, "").isdigit()
-        ]
-
-    def trial_result(self, run_id: str) -> tuple[TrialState, float | list[float] | None] | None:
-        """(state, value) a trial run recorded once it was fully logged (a multi-objective
-        trial's values as a list), or None if it never got that far (its worker died before
-        the end of training and logging)."""
-        try:
-            tags = self.client.get_run(run_id).data.tags
-        except TrackingError:
-            raise
-        except Exception:  # noqa: BLE001 - MLflow raises its own not-found exception
-            return None
-        state = tags.get(STATE_TAG)
-        if state == TrialState.PRUNED:
-            return TrialState.PRUNED, None
-        if state == TrialState.COMPLETE and RESULT_TAG in tags:
-            values = [float(v) for v in tags[RESULT_TAG].split(",")]
-            return TrialState.COMPLETE, values if len(values) > 1 else values[0]
-        return None
-
-    def metric_history(self, run_id: str, key: str) -> list[float]:
-        return [
-            m.value
-            for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.step)
-        ]
-
-    def run_metrics(self, run_id: str) -> dict[str, float]:
-        """Each metric's latest value."""
-        return dict(self.client.get_run(run_id).data.metrics)
-
-    def download_artifact(self, run_id: str, path: str, dst: str | Path) -> Path:
-        return Path(self.client.download_artifacts(run_id, path, str(dst)))
-
-    def read_artifact(self, run_id: str, path: str) -> bytes | None:
-        """A top-level artifact file of a run as bytes, or None if the run has no such file."""
-        if path not in {a.path for a in self.client.list_artifacts(run_id)}:
-            return None
-        with tempfile.TemporaryDirectory() as tmp:
-            return self.download_artifact(run_id, path, tmp).read_bytes()
-
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         self.client.log_batch(run_id, tags=_run_tags(tags))
 
@@ -587,8 +563,7 @@ class Tracker:
         For a run this tracker created, the file goes straight to the artifact location its
         creation returned: MlflowClient.log_artifact would first read the whole run back
         (params, metrics, tags, inputs) to learn that location, on the first artifact of each
-        run - a trial logs one, so ~6 ms of its tracking time on a local store, a request more
-        on a server."""
+        run - a trial logs one, so that read would be a large part of its tracking time."""
         uri = self._artifact_uris.get(run_id)
         if uri is None or Path(path).is_dir():
             self.client.log_artifact(run_id, str(path), artifact_path)
@@ -607,107 +582,6 @@ class Tracker:
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, mask_secret(text), name)
-
-    def log_dataset(
-        self,
-        run_id: str,
-        sample: Any,
-        *,
-        rows: int,
-        digest: str,
-        name: str,
-        source: str,
-        target: str,
-        context: str = "training",
-    ) -> None:
-        """Data as an MLflow dataset input (name, digest, schema, profile, source); `context`
-        says what it was used for (training, or test for a separate test file).
-
-        Only a `sample` of the rows (a data frame with every column) is handed to MLflow, to
-        infer the schema; the digest (of all the data, computed by the caller) and the profile
-        (`rows` rows) are given. MLflow's own digest of a whole frame would need it built in
-        memory (float64: 376 MB at MNIST scale) and then maps every cell to its Python type
-        (peaking near 2.4 GB and 30 s there), and it hashes only the first 10 000 rows.
-        """
-        import mlflow.data
-        from mlflow.entities import Dataset, DatasetInput, InputTag
-
-        logged = mlflow.data.from_pandas(
-            sample, source=source, name=name, targets=target, digest=digest
-        )._to_mlflow_entity()
-        profile = {"num_rows": rows, "num_elements": rows * sample.shape[1]}  # as from_pandas
-        entity = Dataset(
-            name=logged.name,
-            digest=logged.digest,
-            source_type=logged.source_type,
-            source=logged.source,
-            schema=logged.schema,
-            profile=json.dumps(profile),
-        )
-        tags = [InputTag("mlflow.data.context", context)]
-        self.client.log_inputs(run_id, datasets=[DatasetInput(entity, tags)])
-
-    # -- models ---------------------------------------------------------------------------
-
-    def log_model(
-        self,
-        run_id: str,
-        keras_path: Path,
-        preprocess: Mapping[str, Any],
-        input_example: Any,
-        *,
-        register_as: str | None = None,
-    ) -> tuple[str, str | None]:
-        """Log the model as a pyfunc that scales raw features and decodes labels.
-
-        Pickle-free: the network is a Keras v3 file loaded in safe mode and the wrapper is a
-        "model from code" (pipeline/serving.py). Returns (model URI, registered version).
-        """
-        import mlflow
-        from mlflow.models import infer_signature
-
-        with (
-            guard(self.display_uri, "logging the model", self._db_path),
-            tempfile.TemporaryDirectory() as tmp,
-        ):
-            meta = Path(tmp) / "preprocess.json"
-            meta.write_text(json.dumps(dict(preprocess)))
-            wrapper = ServingModel()
-            wrapper.load_from(str(keras_path), str(meta))
-            output = wrapper.predict(None, input_example)
-            signature = infer_signature(input_example, output)
-            package = Path(__file__).resolve().parent
-            with mlflow.start_run(run_id=run_id):
-                info = mlflow.pyfunc.log_model(
-                    name="model",
-                    python_model=str(package / "serving.py"),
-                    artifacts={"keras_model": str(keras_path), "preprocess": str(meta)},
-                    code_paths=[str(package)],
-                    signature=signature,
-                    input_example=input_example,
-                    pip_requirements=_pip_requirements(),
-                )
-            # fluent end_run above marked it FINISHED; the caller's context sets the real end.
-            self.client.update_run(run_id, status=RunStatus.RUNNING)
-        version = None
-        if register_as:
-            with guard(self.display_uri, "registering the model", self._db_path):
-                mv = mlflow.register_model(info.model_uri, register_as)
-            version = str(mv.version)
-            self.client.set_registered_model_alias(register_as, "champion", version)
-        return info.model_uri, version
-
-    # -- reading back ---------------------------------------------------------------------
-
-    def runs(self, filter_string: str = "", max_results: int = 5000) -> list[Any]:
-        return list(
-            self.client.search_runs(
-                [self.experiment_id], filter_string=filter_string, max_results=max_results
-            )
-        )
-
-    def ui_url(self, host: str = "127.0.0.1", port: int = 5000) -> str:
-        return f"http://{host}:{port}/#/experiments/{self.experiment_id}/runs"
 
 
 class LiveMetrics:
@@ -731,8 +605,7 @@ class LiveMetrics:
 
     The writes are synchronous, on the training thread, not on MLflow's async logging thread:
     MLflow 3.17 ends a run (`set_terminated`) by joining that thread, which polls its queue
-    once a second, so every run that logged asynchronously paid up to 1 s at its end
-    (measured 0.7-1.0 s per trial, a third of a 20-epoch digits trial; issue 7).
+    once a second, so every run that logged asynchronously paid up to 1 s at its end.
     """
 
     def __init__(self, tracker: Tracker, run_id: str, *, every: float) -> None:
@@ -824,7 +697,7 @@ def _param_text(value: Any) -> str:
 
 def _pip_requirements() -> list[str]:
     names = ("tensorflow", "keras", "mlflow", "pandas", "numpy", "scikit-learn", "pyyaml")
-    return [f"{n}=={_version(n)}" for n in names if _version(n) != "absent"]
+    return [f"{n}=={version(n)}" for n in names if version(n) != "absent"]
 
 
 def ui_command(uri: str, port: int = 5000) -> list[str]:
@@ -870,52 +743,17 @@ def set_uri(uri: str | None) -> str:
     return uri
 
 
-def _python_model_base() -> type:
+def serve_from_code(wrapper: type) -> None:
+    """Hand MLflow's models-from-code loader an instance of `wrapper` as a pyfunc model (its
+    `load_context` and `predict` do the work). Called by pipeline/serving_entry.py only."""
     import mlflow.pyfunc
+    from mlflow.models import set_model
 
-    return mlflow.pyfunc.PythonModel
-
-
-class ServingModel:
-    """Raw features in, decoded labels (or values) out: scaler + Keras net + label decoding."""
-
-    def load_from(self, keras_path: str, preprocess_path: str) -> None:
-        from pipeline import model as keras_model
-        from pipeline.data import Scaler, TargetScaler
-
-        meta = json.loads(Path(preprocess_path).read_text())
-        self.net = keras_model.load(keras_path)
-        self.scaler = Scaler.from_dict(meta["scaler"])
-        # A regression model's outputs are in standardized units (absent: models logged before)
-        target = meta.get("target_scaler")
-        self.target_scaler = TargetScaler.from_dict(target) if target else None
-        self.features = tuple(meta["features"])
-        self.classes = list(meta["classes"])
-        self.task = meta["task"]
-        self.target = meta.get("target")
-
-    def load_context(self, context: Any) -> None:
-        self.load_from(context.artifacts["keras_model"], context.artifacts["preprocess"])
-
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
-        # No type hints here on purpose: MLflow would try to derive a signature from them.
-        import pandas as pd
-
-        from pipeline import model as keras_model
-        from pipeline.data import features_from_frame
-
-        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        X = self.scaler.transform(features_from_frame(frame, self.features))
-        scores = keras_model.predict_scores(self.net, X, target=self.target_scaler)
-        codes = keras_model.to_labels(scores, self.task)
-        if self.task == "regression":
-            return pd.DataFrame({"prediction": codes.astype(float)})
-        return pd.DataFrame({"prediction": [self.classes[int(c)] for c in codes]})
+    set_model(type("PipelineModel", (wrapper, mlflow.pyfunc.PythonModel), {})())
 
 
 def register_for_serving() -> None:
-    """Hand MLflow's models-from-code loader the wrapper (called from serving.py only)."""
-    from mlflow.models import set_model
+    """What models logged by earlier releases call (their copy of the code file names it)."""
+    from pipeline.serving import ServingModel
 
-    cls = type("PipelineModel", (ServingModel, _python_model_base()), {})
-    set_model(cls())
+    serve_from_code(ServingModel)

@@ -475,3 +475,37 @@ def test_the_trials_table_lists_started_trials_and_copes_with_running_ones(tmp_p
     assert frame["number"].tolist() == [running.number] and frame["seconds"].isna().all()
     study.tell_complete(running, 0.5)
     assert study.frame()["seconds"].notna().all()
+
+
+def test_the_optuna_internals_the_project_relies_on_are_still_there(tmp_path):
+    """Each is named once (search.OPTUNA_INTERNALS); a release that moves one fails here, not
+    in a user's search. The journal backend's lock and file attributes are checked on a live
+    instance."""
+    import importlib
+
+    for dotted in search.OPTUNA_INTERNALS:
+        module, _, attr = dotted.rpartition(".")
+        try:
+            owner = importlib.import_module(module)
+        except ModuleNotFoundError:
+            module, _, cls = module.rpartition(".")
+            owner = getattr(importlib.import_module(module), cls)
+        assert hasattr(owner, attr), f"{dotted} is gone ({search.OPTUNA_INTERNALS[dotted]})"
+    from optuna.storages.journal import JournalFileBackend
+
+    backend = JournalFileBackend(str(tmp_path / "journal.log"))
+    assert hasattr(backend, "_lock") and hasattr(backend, "_file_path")
+
+
+def test_a_trial_whose_asker_died_before_naming_itself_is_dead_at_once(tmp_path):
+    """A trial reaches the study RUNNING, then its owner in a second write: a worker killed
+    (or refused by a full disk) between the two leaves an ownerless RUNNING trial. Asks hold
+    the study lock across both writes, so such a trial is known dead at once: it must not
+    hold up the champion ("other workers' trials are still running") for minutes."""
+    study = study_at(tmp_path)
+    orphan = study._study.ask()  # as if its asker died right after Optuna's ask
+    dead = [d.number for d in study.dead_trials()]
+    assert dead == [orphan.number] and not study.others_running()
+    live = study.ask(10)  # a live worker's trial names its owner: neither dead nor another's
+    assert [d.number for d in study.dead_trials()] == [orphan.number]
+    assert live is not None and not study.others_running()

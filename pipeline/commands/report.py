@@ -154,14 +154,23 @@ def main(args: argparse.Namespace) -> int:
         sections = [(f"trials ({len(frame)})", report.frame_html(frame))]
         sections += report.figure_sections(figures)
         sections.append((f"{metric} per epoch, top trials", report.png_html(curves_png, metric)))
-        champion = _champion_run(tracker, study)
-        for name, head in CHAMPION_IMAGES.items():
-            image = tracker.read_artifact(champion, name) if champion else None
-            if image is not None:
-                sections.append((head, report.png_html(image, head)))
+        sections += _champion_sections(tracker, study)
         args.html.parent.mkdir(parents=True, exist_ok=True)
         partial = args.html.with_name(args.html.name + ".partial")
         partial.write_text(report.html_page(title, sections))
         partial.replace(args.html)  # whole or not at all
         print(f"page written to {args.html}")
     return 0
+
+
+def _champion_sections(tracker: Tracker, study: str) -> list[tuple[str, str]]:
+    """The champion run's images (confusion matrix, curves...) as page sections, if any."""
+    from pipeline import report
+
+    champion = _champion_run(tracker, study)
+    sections = []
+    for name, head in CHAMPION_IMAGES.items():
+        image = tracker.read_artifact(champion, name) if champion else None
+        if image is not None:
+            sections.append((head, report.png_html(image, head)))
+    return sections

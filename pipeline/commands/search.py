@@ -63,47 +63,16 @@ def _workers(text: str) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline import champion, stages
-    from pipeline.storage import default_storage, make_storage
-    from pipeline.study import TrackedStudy
-    from pipeline.uris import mask_secret
+    from pipeline import champion
 
     params = load_params(args)
     if args.workers is None:
         args.workers = machine.default_workers()
     if args.workers < 1:
         raise PipelineError(f"--workers {args.workers}: give 1 or more worker processes.")
-    prep = stages.prepare(params)
-    params = stages.resolve_metric(params, prep)  # `auto` made concrete; a wrong one refused
-    # A --workers child is sized by its parent: the thread settings reach it in its environment.
-    stages.start_keras(workers=args.workers)
-    tracker = make_tracker(params)
-    name = args.study or stages.experiment_name(params)
-    storage_url = args.storage or default_storage()
-    tracked = TrackedStudy.open(
-        params,
-        prep,
-        tracker,
-        name=name,
-        storage=make_storage(storage_url),
-        storage_display=mask_secret(storage_url),
-        new=args.new and not args.spawned,
-    )
-    tracked.reconcile()
-    n_trials = params.search.n_trials
-    before = tracked.study.counts()
-    ds = prep.dataset
-    log.log(
-        logging.DEBUG if args.spawned else logging.INFO,  # said once, by the parent
-        "study %r: %d/%d trials finished before this run; data %s (%d rows, %s)",
-        name,
-        before.finished,
-        n_trials,
-        ds.name,
-        len(ds.y),
-        ds.task,
-    )
-    progress = _progress(n_trials, params.search.metrics[0])
+    tracked = _open(args, params)
+    params = tracked.params  # `auto` metrics made concrete for the study's data
+    progress = _progress(params.search.n_trials, params.search.metrics[0])
     deadline = args.deadline
     if deadline is None and params.search.timeout is not None:
         deadline = time.time() + params.search.timeout  # one moment for every worker
@@ -112,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
     )
     executor = workers.LocalProcesses()
     recycled = False
-    with tracker.run(f"study-{name}", resume_id=tracked.parent_id):
+    with tracked.tracker.run(f"study-{tracked.name}", resume_id=tracked.parent_id):
         try:
             if args.spawned:
                 ran = tracked.run_trials(progress, max_trials=args.max_trials, deadline=deadline)
@@ -133,8 +102,46 @@ def main(args: argparse.Namespace) -> int:
     if args.spawned or outcome is None:  # only a spawned worker is ever recycled
         return workers.RECYCLED if recycled else 0
     _print_study(tracked, params)
-    _print_outcome(outcome, params, tracker.ui_url())
+    _print_outcome(outcome, params, tracked.tracker.ui_url())
     return 0
+
+
+def _open(args: argparse.Namespace, params: config.Params) -> TrackedStudy:
+    """Data prepared once, Keras started for the worker count, the study opened (or resumed)
+    and reconciled with the store; says where it stands."""
+    from pipeline import stages
+    from pipeline.storage import default_storage, make_storage
+    from pipeline.study import TrackedStudy
+    from pipeline.uris import mask_secret
+
+    prep = stages.prepare(params)
+    params = stages.resolve_metric(params, prep)  # `auto` made concrete; a wrong one refused
+    # A --workers child is sized by its parent: the thread settings reach it in its environment.
+    stages.start_keras(workers=args.workers)
+    name = args.study or stages.experiment_name(params)
+    storage_url = args.storage or default_storage()
+    tracked = TrackedStudy.open(
+        params,
+        prep,
+        make_tracker(params),
+        name=name,
+        storage=make_storage(storage_url),
+        storage_display=mask_secret(storage_url),
+        new=args.new and not args.spawned,
+    )
+    tracked.reconcile()
+    before, ds = tracked.study.counts(), prep.dataset
+    log.log(
+        logging.DEBUG if args.spawned else logging.INFO,  # said once, by the parent
+        "study %r: %d/%d trials finished before this run; data %s (%d rows, %s)",
+        name,
+        before.finished,
+        params.search.n_trials,
+        ds.name,
+        len(ds.y),
+        ds.task,
+    )
+    return tracked
 
 
 def _progress(n_trials: int, metric: str) -> Callable[[TrialSummary], None]:
