@@ -8,24 +8,21 @@ start-up, so `--help` and params errors answer at once.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import importlib
 import logging
 import os
-import signal
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
+from pipeline import interrupts
 from pipeline.commands.common import load_params
 from pipeline.errors import PipelineError
 
 COMMANDS = ("search", "train", "predict", "report", "ui")
 # A full, read-only or forbidden disk is the user's to fix, not a bug: one paragraph, exit 2.
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
-# Both stop a command the same way: KeyboardInterrupt, runs ended KILLED, exit 130.
-_INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
 
 __all__ = ["build_parser", "load_params", "main", "parse_args"]
 
@@ -71,33 +68,10 @@ def _quiet_frameworks(verbose: bool) -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\.|$)")
 
 
-@contextlib.contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """Make SIGINT and SIGTERM raise KeyboardInterrupt for the command, whatever it inherited.
-
-    A process started in the background by a non-interactive shell (`cmd &` in a script, a CI
-    runner, nohup) inherits SIGINT *ignored*, and Python keeps it ignored, so a Ctrl-C or
-    `kill -INT` sent to it would be lost and the search would run to its end. The contract is
-    that either signal stops the command cleanly (runs ended KILLED, exit 130), so both handlers
-    are set here explicitly and the previous ones restored afterwards (tests call main()
-    in-process).
-    """
-    try:
-        previous = {s: signal.signal(s, signal.default_int_handler) for s in _INTERRUPTS}
-    except ValueError:  # not the main thread: signals cannot be handled here anyway
-        yield
-        return
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     _quiet_frameworks(args.verbose)
-    with _signals_interrupt():
+    with interrupts.handled():
         return _main(args)
 
 

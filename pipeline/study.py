@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pipeline import config, search, stages, trainers
+from pipeline import config, interrupts, search, stages, trainers
 from pipeline.errors import PipelineError, TrainingDiverged
 from pipeline.protocol import (
     BASELINE_TAG,
@@ -285,6 +285,7 @@ class TrackedStudy:
                     c = self.study.counts()
                     continue  # dead workers' trials were holding budget
                 return ran
+            interrupts.check()  # never start a trial after a Ctrl-C, even a swallowed one
             trial = self.study.ask(sp.n_trials)
             if trial is None:
                 return ran
@@ -361,6 +362,7 @@ class TrackedStudy:
         metric = metrics[0]  # the one that prunes (single objective) and progress shows
 
         def hook(epoch: int, logs: dict[str, float]) -> bool:
+            interrupts.check()  # a Ctrl-C swallowed during the epoch stops the trial here
             return metric in logs and trial.should_prune(epoch, logs[metric])
 
         with self.tracker.live_metrics(run_id) as live:

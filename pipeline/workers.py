@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from pipeline import interrupts
+
 if TYPE_CHECKING:
     from pipeline.study import TrackedStudy, TrialSummary
 
@@ -127,6 +129,7 @@ def supervise(
     ran = tracked.run_trials(progress, max_trials=plan.recycle_after, deadline=plan.deadline)
     replace = 1 if plan.recycle_after and ran >= plan.recycle_after else 0  # this one's slot
     while True:
+        interrupts.check()  # a Ctrl-C swallowed while waiting stops the workers here
         replace += _recycled(executor.ended())
         if replace and tracked.budget_left() > 0 and not plan.past_deadline():
             executor.start(plan, replace)

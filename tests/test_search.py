@@ -263,19 +263,43 @@ def test_the_cli_makes_sigint_and_sigterm_interrupts_even_when_it_starts_with_th
     it (and restore what it found when it returns, since tests call it in-process)."""
     import signal
 
-    from pipeline import run
+    from pipeline import interrupts
 
     seen = {}
     before = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        with run._signals_interrupt():
+        with interrupts.handled():
             seen = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
             with pytest.raises(KeyboardInterrupt):
                 os.kill(os.getpid(), signal.SIGINT)
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, before)
-    assert set(seen.values()) == {signal.default_int_handler}
+    assert set(seen.values()) == {interrupts._interrupt}
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the point
+def test_a_ctrl_c_swallowed_inside_a_gc_callback_is_raised_again_at_the_next_check():
+    """Python prints and drops an exception raised in a garbage-collector callback (JAX has
+    one): the interrupt must still stop the search at its next epoch or trial."""
+    import gc
+    import signal
+
+    from pipeline import interrupts
+
+    def callback(phase: str, info: dict) -> None:  # where the Ctrl-C lands
+        if phase == "start":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with interrupts.handled():
+        gc.callbacks.append(callback)
+        try:
+            gc.collect()  # the KeyboardInterrupt raised in the callback is swallowed
+        finally:
+            gc.callbacks.remove(callback)
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()
+    interrupts.check()  # a new command starts clean
 
 
 def test_a_journal_record_torn_by_a_killed_writer_is_cut_off_before_the_next_append(
