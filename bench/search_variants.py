@@ -4,7 +4,7 @@ search quality from the seed's luck. One seed changes the split, the sampler and
 weights.
 
 `--vary pruner` (the sampler stays TPE): the shipped default (`search.pruner: median`, judging
-a trial after a third of its epochs, `search.median_warmup`: from epoch 11 of 30), no pruner,
+a trial after a third of its epochs, `samplers.median_warmup`: from epoch 11 of 30), no pruner,
 the median pruner from epoch 4 (the default before), Optuna's 25th-percentile pruner from epoch
 4. `--vary sampler` (the pruner stays the default): TPE as shipped, multivariate TPE, random.
 Prints per seed and variant the seconds and best val_accuracy, then per variant the median
@@ -28,7 +28,7 @@ from pipeline import config, stages
 
 P, S = optuna.pruners, optuna.samplers
 PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner] | None] = {
-    "median, shipped (a third in)": None,  # the params' own (search.make_pruner)
+    "median, shipped (a third in)": None,  # the params' own (samplers.make_pruner)
     "none": P.NopPruner,
     "median from epoch 4": lambda: P.MedianPruner(n_startup_trials=5, n_warmup_steps=3),
     "25th percentile from epoch 4": lambda: P.PercentilePruner(

@@ -432,13 +432,7 @@ def split(data: Dataset, params: SplitParams, *, seed: int) -> Splits:
             "demo set use split.policy: reuse_all."
         )
     if strat:
-        counts = np.bincount(data.y, minlength=data.n_classes)
-        if counts.min() < 3:
-            rare = data.classes[int(counts.argmin())]
-            raise DataError(
-                f"{data.name}: class {rare!r} has {counts.min()} row(s); a stratified split needs "
-                "at least 3 per class. Add rows, or set split.stratify: false."
-            )
+        _check_class_counts(data)
     try:
         if data.test is not None:
             X_rest, y_rest, X_test, y_test = data.X, data.y, data.test.X, data.test.y
@@ -459,6 +453,17 @@ def split(data: Dataset, params: SplitParams, *, seed: int) -> Splits:
             "fractions, or set split.stratify: false."
         ) from None
     return Splits(X_train, y_train, X_val, y_val, X_test, y_test, policy="holdout")
+
+
+def _check_class_counts(data: Dataset) -> None:
+    """A stratified split puts every class in every part: at least 3 rows of each."""
+    counts = np.bincount(data.y, minlength=data.n_classes)
+    if counts.min() < 3:
+        rare = data.classes[int(counts.argmin())]
+        raise DataError(
+            f"{data.name}: class {rare!r} has {counts.min()} row(s); a stratified split needs "
+            "at least 3 per class. Add rows, or set split.stratify: false."
+        )
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,61 @@ class Reconciled:
     closed: int = 0  # runs left RUNNING, now ended with their trial's state
 
 
+def _check_folds(study: search.SearchStudy, prep: Prepared) -> None:
+    """Refuse to resume a study whose trials were scored another way (a validation split
+    vs k folds, or another k): it would rank incomparable objectives, and a champion
+    refit needs the folds' epochs. A study without the record predates split.folds, unless
+    no trial of it has started yet (a new study's queued baseline or warm-start trials)."""
+    folds = prep.folds.k if prep.folds is not None else 0
+    stored = study.attr(FOLDS_ATTR)
+    started = [s for s in study.trial_states().values() if s != TrialState.WAITING]
+    if stored is None and not started:
+        study.set_attr(FOLDS_ATTR, folds)
+        return
+    before = int(stored or 0)
+    if before != folds:
+        how = {0: "a validation split (split.folds off)"}.get(before, f"{before}-fold CV")
+        raise PipelineError(
+            f"study {study.name!r} scored its trials by {how}; split.folds is now "
+            f"{folds}, so resuming would rank incomparable objectives. Run again with "
+            f"--new to start over, --study NAME for a separate study, or split.folds="
+            f"{before}."
+        )
+
+
+def _elect_parent(
+    params: config.Params,
+    prep: Prepared,
+    tracker: Tracker,
+    study: search.SearchStudy,
+    name: str,
+    storage_display: str,
+) -> str:
+    """Create the study's parent run unless another process just did (checked again
+    under the study lock, so exactly one process creates it)."""
+    with study.exclusive():
+        parent_id = study.attr(PARENT_ATTR)
+        if not tracker.exists(parent_id):
+            parent_id = tracker.create_run(
+                f"study-{name}",
+                tags={
+                    KIND_TAG: RunKind.STUDY,
+                    STUDY_TAG: name,
+                    STORAGE_TAG: storage_display,
+                },
+            )
+            tracker.log_params(
+                parent_id,
+                {k: v for k, v in config.flatten(params).items() if not k.startswith("search.")},
+            )
+            tracker.log_text(
+                parent_id, config.space_fingerprint(params.search.space), "search_space.yaml"
+            )
+            stages.log_dataset(tracker, parent_id, params, prep)
+            study.set_attr(PARENT_ATTR, parent_id)
+    return parent_id
+
+
 class TrackedStudy:
     """An Optuna study whose every trial is an MLflow run nested under one parent run."""
 
@@ -137,72 +192,13 @@ class TrackedStudy:
             sampler=sampler,
             pruner=pruner,
         )
-        cls._check_folds(study, prep)
+        _check_folds(study, prep)
         parent_id = study.attr(PARENT_ATTR)
         if not tracker.exists(parent_id):
-            parent_id = cls._elect_parent(params, prep, tracker, study, name, storage_display)
+            parent_id = _elect_parent(params, prep, tracker, study, name, storage_display)
         return cls(
             params, prep, tracker, study, parent_id, storage=storage_display, trainer=trainer
         )
-
-    @staticmethod
-    def _check_folds(study: search.SearchStudy, prep: Prepared) -> None:
-        """Refuse to resume a study whose trials were scored another way (a validation split
-        vs k folds, or another k): it would rank incomparable objectives, and a champion
-        refit needs the folds' epochs. A study without the record predates split.folds, unless
-        no trial of it has started yet (a new study's queued baseline or warm-start trials)."""
-        folds = prep.folds.k if prep.folds is not None else 0
-        stored = study.attr(FOLDS_ATTR)
-        started = [s for s in study.trial_states().values() if s != TrialState.WAITING]
-        if stored is None and not started:
-            study.set_attr(FOLDS_ATTR, folds)
-            return
-        before = int(stored or 0)
-        if before != folds:
-            how = {0: "a validation split (split.folds off)"}.get(before, f"{before}-fold CV")
-            raise PipelineError(
-                f"study {study.name!r} scored its trials by {how}; split.folds is now "
-                f"{folds}, so resuming would rank incomparable objectives. Run again with "
-                f"--new to start over, --study NAME for a separate study, or split.folds="
-                f"{before}."
-            )
-
-    @staticmethod
-    def _elect_parent(
-        params: config.Params,
-        prep: Prepared,
-        tracker: Tracker,
-        study: search.SearchStudy,
-        name: str,
-        storage_display: str,
-    ) -> str:
-        """Create the study's parent run unless another process just did (checked again
-        under the study lock, so exactly one process creates it)."""
-        with study.exclusive():
-            parent_id = study.attr(PARENT_ATTR)
-            if not tracker.exists(parent_id):
-                parent_id = tracker.create_run(
-                    f"study-{name}",
-                    tags={
-                        KIND_TAG: RunKind.STUDY,
-                        STUDY_TAG: name,
-                        STORAGE_TAG: storage_display,
-                    },
-                )
-                tracker.log_params(
-                    parent_id,
-                    {
-                        k: v
-                        for k, v in config.flatten(params).items()
-                        if not k.startswith("search.")
-                    },
-                )
-                tracker.log_text(
-                    parent_id, config.space_fingerprint(params.search.space), "search_space.yaml"
-                )
-                stages.log_dataset(tracker, parent_id, params, prep)
-                study.set_attr(PARENT_ATTR, parent_id)
-        return parent_id
 
     # -- 2. reconcile -----------------------------------------------------------------------
 

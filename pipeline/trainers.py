@@ -70,7 +70,7 @@ def cv_trainer(prep: Prepared, tracker: Tracker, *, seed: int) -> Trainer:
     trial's validation metrics (its objective), their spread and the epochs to refit with.
 
     Pruning is between folds, not epochs: after each fold but the last, the hook is given the
-    running mean of the search metric with step = fold index (see search.make_pruner), so a trial
+    running mean of the search metric with step = fold index (see samplers.make_pruner), so a trial
     whose first folds already score below the median stops early. Within a fold no epoch is
     reported (a fold-0 epoch and a fold-2 epoch are not comparable steps); early stopping
     still ends each fold. No weights are logged: the champion is trained again, once, on all

@@ -13,8 +13,8 @@ OWNER = {  # framework -> the modules that may import it
     "keras": ("model.py",),
     "tensorflow": ("model.py",),
     "mlflow": ("tracking.py",),
-    # sampling and the study; storages and their locks; the study figures Optuna draws
-    "optuna": ("search.py", "storage.py", "report.py"),
+    # the study; the space, samplers and pruners; storages and their locks; the study figures
+    "optuna": ("search.py", "samplers.py", "storage.py", "report.py"),
 }
 
 
