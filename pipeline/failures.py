@@ -3,7 +3,7 @@ tracking server, a lost database connection.
 
 They are not bugs, so they become one TrackingError naming the store, the operation and the
 path, instead of MLflow's or SQLite's traceback. Recognised by errno or by the drivers' own
-wording (standard library only: used by tracking.py, which talks to MLflow).
+wording (standard library only: used by pipeline.tracking, which talks to MLflow).
 """
 
 from __future__ import annotations

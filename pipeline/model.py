@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from pipeline import metrics
 from pipeline.config import ModelParams, TrainParams
 from pipeline.data import Splits, TargetScaler
 from pipeline.errors import TrainingDiverged
@@ -40,12 +41,10 @@ def _executions(steps: int) -> tuple[int, bool]:
     """Steps per graph call for an epoch of `steps` steps, and whether the prepared input can
     be one endless (repeated) dataset read by a single iterator for the whole fit.
 
-    Keras's TensorFlow trainer makes a new iterator over a finite dataset every epoch (two, in
-    fact: milliseconds each, more than a small epoch's arithmetic). Over a repeated dataset it
-    keeps one, but a graph call always runs its full count of steps, so epochs stay epochs only when
-    that count divides the epoch: the largest divisor up to the cap. When the only such divisors
-    are small (e.g. a prime step count above the cap), the per-call cost would outweigh the
-    iterator's, and the finite dataset is kept.
+    Keras's TensorFlow trainer makes new iterators over a finite dataset every epoch (more than
+    a small epoch's arithmetic); over a repeated one it keeps one, but a graph call runs its
+    full count of steps, so that count must divide the epoch: the largest divisor up to the cap.
+    When only small divisors exist (a prime step count), the finite dataset is kept.
     """
     cap = min(steps, _MAX_STEPS_PER_EXECUTION)
     divisor = max(k for k in range(1, cap + 1) if steps % k == 0)
@@ -258,74 +257,6 @@ def _optimizer(params: TrainParams, lr: Any) -> Any:
     ](learning_rate=lr)
 
 
-def validation_logs(
-    scores: np.ndarray, y: np.ndarray, task: str, n_classes: int = 0
-) -> dict[str, float]:
-    """Every metric `search.metric` may name, Keras-named (val_loss, val_accuracy, val_precision,
-    val_recall, val_f1, val_roc_auc | val_loss, val_mse, val_rmse, val_mae, val_r2), in numpy.
-
-    Computed from one forward pass instead of Keras's per-epoch `evaluate`, whose set-up costs
-    more than the pass itself on small data. The loss and accuracy use the compiled loss's
-    formulas; precision, recall and F1 are macro averages over all `n_classes` classes with 0 for
-    an empty class, as scikit-learn's (and so `evaluate`'s). ROC AUC is given for two classes
-    when both occur in `y`; R² when it is defined (two rows or more).
-    """
-    eps = 1e-7
-    if task == "regression":
-        pred = scores.reshape(-1).astype(np.float64)
-        err = pred - y
-        mse = float(np.mean(err**2))
-        out = {
-            "val_loss": mse,
-            "val_mse": mse,
-            "val_rmse": math.sqrt(mse),
-            "val_mae": float(np.mean(np.abs(err))),
-        }
-        if len(y) > 1:
-            total = float(np.sum((y - np.mean(y)) ** 2))
-            residual = float(np.sum(err**2))
-            # scikit-learn's convention for a constant target: 1 if exact, else 0
-            out["val_r2"] = 1.0 - residual / total if total > 0 else float(residual == 0)
-        return out
-    if scores.shape[1] == 1:
-        p = np.clip(scores[:, 0].astype(np.float64), eps, 1 - eps)
-        loss = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
-        pred = (p >= 0.5).astype(np.int64)
-    else:
-        p = np.clip(scores.astype(np.float64), eps, 1.0)
-        loss = -np.mean(np.log(p[np.arange(len(y)), y]))
-        pred = scores.argmax(axis=1)
-    k = max(n_classes, scores.shape[1], 2)
-    hits = np.bincount(y[pred == y], minlength=k).astype(np.float64)
-    predicted = np.bincount(pred, minlength=k).astype(np.float64)
-    actual = np.bincount(y, minlength=k).astype(np.float64)
-    out = {
-        "val_loss": float(loss),
-        "val_accuracy": float(np.mean(pred == y)),
-        "val_precision": float(np.mean(_ratio(hits, predicted))),
-        "val_recall": float(np.mean(_ratio(hits, actual))),
-        "val_f1": float(np.mean(_ratio(2 * hits, predicted + actual))),
-    }
-    if scores.shape[1] == 1 and 0 < actual[1] < len(y):
-        out["val_roc_auc"] = _roc_auc(scores[:, 0].astype(np.float64), y)
-    return out
-
-
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """num / den per class, 0 where den is 0 (scikit-learn's zero_division=0)."""
-    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
-
-
-def _roc_auc(score: np.ndarray, y: np.ndarray) -> float:
-    """Binary ROC AUC as the Mann-Whitney statistic (tied scores share their average rank)."""
-    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    ranks = ((ends - counts + 1 + ends) / 2.0)[inverse]
-    n_pos = float(np.sum(y == 1))
-    n_neg = len(y) - n_pos
-    return float((np.sum(ranks[y == 1]) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def _make_callback(
     on_epoch: EpochHook | None,
     X_val: np.ndarray,
@@ -367,7 +298,7 @@ def _make_callback(
                 if target is not None:
                     scores = target.inverse(scores)
                 logs.update(
-                    validation_logs(scores, y_val, task, n_classes)
+                    metrics.validation_logs(scores, y_val, task, n_classes)
                 )  # shared with later callbacks
             logs = {k: float(v) for k, v in logs.items()}
             bad = [k for k, v in logs.items() if not math.isfinite(v)]
@@ -395,16 +326,14 @@ def train(
     shuffle: bool = True,
     target: TargetScaler | None = None,
 ) -> TrainResult:
-    """Build and fit the MLP on the (normalized) train split, validating on the val split
-    (an empty val split trains without validation: a cross-validated champion's refit).
+    """Build and fit the MLP on the (normalized) train split, validating on the val split (an
+    empty one trains without validation: a cross-validated champion's refit).
 
     `inputs` is the train split prepared once as model input (see TrainInput), with the target
     as the network fits it; without it, the arrays are fed as they are. `target` (regression)
-    standardizes y_train for fitting; splits' targets stay in their own units, and so does every
-    metric and the history (the returned model's outputs need `target.inverse`, see
-    predict_scores). Seeded and deterministic: the same params and seed give
-    the same weights and metrics. Raises TrainingDiverged when the loss or a metric turns NaN
-    or infinite.
+    standardizes y_train for fitting; every metric and the history stay in the target's units
+    (the model's outputs need `target.inverse`: predict_scores). Seeded and deterministic.
+    Raises TrainingDiverged when the loss or a metric turns NaN or infinite.
     """
     _quiet_tensorflow()
     import keras
@@ -634,16 +563,11 @@ def load(path: str | Path) -> Any:
 def release() -> None:
     """Free graph state between trials so memory does not grow over a long study.
 
-    Keras's clear_session ends in a full garbage collection (a model is a web of reference
-    cycles). The first call also moves everything that survives it (TensorFlow, Keras, MLflow
-    and Optuna as imported, the prepared data) out of the collector's sight for good
-    (`gc.freeze`): every later collection, the per-trial one here and Python's own, then walks
-    only what trials made (~0.05 s instead of ~0.45 s per trial on the default preset). Before
-    it, TensorFlow's registry of traced custom gradients is emptied, or it would keep every
-    trial's train step alive (and the first trial's would be frozen).
-
-    Call it between trainings, never while another thread builds or trains a model: like
-    Keras's `clear_session`, it resets process-wide state.
+    Keras's clear_session ends in a full garbage collection. The first call also moves what
+    survives it (the frameworks as imported, the prepared data) out of the collector's sight
+    for good (`gc.freeze`), so later collections walk only what trials made. Before it,
+    TensorFlow's registry of traced custom gradients is emptied, or it would keep every trial's
+    train step alive. Call it between trainings only: it resets process-wide state.
     """
     import keras
 
@@ -657,17 +581,12 @@ def release() -> None:
 def _forget_traced_custom_gradients() -> None:
     """Drop the gradient functions TensorFlow registered while tracing `tf.custom_gradient`s.
 
-    Keras's TensorFlow optimizer sums the gradients through the distribution strategy's
-    `all_reduce`, a `tf.custom_gradient`. Traced into a train step (graph mode), each one
-    registers its gradient function under a new name (`CustomGradient-<uid>`) in TensorFlow's
-    process-wide gradient registry, which nothing ever empties (tensorflow#97697). The
-    function's closure holds tensors of the traced step, so the whole step graph stayed alive
-    with its traced functions and their runtime copies, a few MiB more with every trial.
-
-    A registered gradient is looked up only while a graph's gradients are being built (during
-    tracing), never when a traced function runs; between trainings no graph is being built,
-    so none of them is needed again (a retrace registers anew). A TensorFlow that no longer
-    keeps its registry there is left alone.
+    Keras's TensorFlow optimizer sums gradients through `all_reduce`, a `tf.custom_gradient`;
+    each trace registers its gradient function (`CustomGradient-<uid>`) in TensorFlow's
+    process-wide registry, which nothing empties (tensorflow#97697), and its closure keeps the
+    whole traced step alive. A registered gradient is looked up only while tracing, so none is
+    needed between trainings. A TensorFlow that keeps no registry there is left alone (a private
+    of TensorFlow's: tests/test_model.py fails if it moves).
     """
     from tensorflow.python.framework import ops
 

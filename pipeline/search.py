@@ -1,14 +1,11 @@
-"""The project's only Optuna user: storage, study, samplers, pruners, the trial protocol, budgets.
+"""The Optuna study as the pipeline drives it: ask/tell, the budget, attrs, dead trials.
 
 Training and tracking never see an Optuna object. A caller (pipeline.study) drives trials with
 `SearchStudy.ask()` -> `Trial` -> `SearchStudy.tell_*()`, so it can record a trial's result in
-the study *before* it closes the trial's MLflow run; that ordering is what lets a restart adopt
-a finished trial instead of training it again.
-
-Several processes may start the same study at the same instant, on any storage. Everything that
-must happen once (creating the RDB schema, creating the study, handing out sampler streams,
-electing a parent run or a champion, reaping a dead worker's trial) happens under
-`Storage.lock()`: a file lock beside a journal file, a PostgreSQL advisory lock for PostgreSQL.
+the study *before* it closes the trial's MLflow run: that lets a restart adopt a finished trial
+instead of training it again. What must happen once across processes (creating the study,
+handing out sampler streams, electing a parent or a champion, reaping a dead worker's trial)
+happens under `Storage.lock()` (pipeline.storage). Spaces, samplers and pruners: samplers.py.
 """
 
 from __future__ import annotations
@@ -29,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
-from pipeline import protocol
+from pipeline import protocol, warmstart
 from pipeline.config import SearchParams, space_fingerprint
 from pipeline.errors import SearchError
 from pipeline.locks import pid_alive
 from pipeline.samplers import GridSampler, distributions, fit_to_space, make_pruner, make_sampler
-from pipeline.storage import Storage, make_storage
+from pipeline.storage import Storage, find_study_id, make_storage
 from pipeline.uris import is_url
 
 if TYPE_CHECKING:
@@ -43,12 +40,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Optuna internals this project relies on, named once; tests/test_search.py fails when a release
-# moves one. Each has no public equivalent:
 # What open_study takes to override the params' sampler (called with the process's seed) and
-# pruner: callers outside this module name them without importing Optuna.
+# pruner, so callers outside this module name them without importing Optuna.
 SamplerFactory = Callable[[int], optuna.samplers.BaseSampler]
 Pruner = optuna.pruners.BasePruner
+# Optuna internals with no public equivalent, named once (tests/test_search.py fails if moved):
 OPTUNA_INTERNALS = {
     # whether a warm-start value still fits a distribution of the space
     "optuna.distributions.BaseDistribution._contains": "samplers.fit_to_space",
@@ -105,23 +101,6 @@ class Best:
     params: dict[str, Any]
     run_id: str | None = None  # the trial's MLflow run, where its model is
     values: tuple[float, ...] = ()  # every objective, in search.metric order
-
-
-@dataclass(frozen=True)
-class WarmStart:
-    """What `search.warm_start` queued: an earlier study's best param sets, cut to the space."""
-
-    source: str
-    enqueued: list[dict[str, Any]]  # in the order they will be tried
-    dropped: dict[str, str]  # param key -> why it was left out (Optuna samples it instead)
-
-
-@dataclass(frozen=True)
-class Baseline:
-    """What `search.baseline_first` queued: the configured values of the searched keys."""
-
-    enqueued: dict[str, Any]  # the first trial's values (empty: nothing was queued)
-    dropped: dict[str, str]  # param key -> why it is sampled instead (outside the space)
 
 
 @dataclass(frozen=True)
@@ -384,7 +363,9 @@ class SearchStudy:
 
     # first trials: warm start, baseline
 
-    def warm_start(self, source: list[optuna.trial.FrozenTrial], name: str) -> WarmStart | None:
+    def warm_start(
+        self, source: list[optuna.trial.FrozenTrial], name: str
+    ) -> warmstart.WarmStart | None:
         """Queue `source` trials' params (cut to this study's space) as this study's next
         trials, once per study and source: under the study lock, and recorded in a study attr,
         so workers starting together, or a resumed study, do not queue them again. Returns
@@ -402,9 +383,9 @@ class SearchStudy:
                     self._study.enqueue_trial(kept, user_attrs={WARM_ATTR: f"{name}#{t.number}"})
                     queued.append(kept)
             self.set_attr(key, [t.number for t in source])
-        return WarmStart(name, queued, dropped)
+        return warmstart.WarmStart(name, queued, dropped)
 
-    def baseline(self, configured: Mapping[str, Any]) -> Baseline | None:
+    def baseline(self, configured: Mapping[str, Any]) -> warmstart.Baseline | None:
         """Queue the configured values of the searched keys as the study's first trial, once
         per study (under the study lock, recorded in a study attr, like `warm_start`), so the
         search starts from the model the params describe and its champion is never one that
@@ -420,7 +401,7 @@ class SearchStudy:
             if kept:
                 self._study.enqueue_trial(kept, user_attrs={BASELINE_ATTR: True})
             self.set_attr(key, kept)
-        return Baseline(kept, dropped)
+        return warmstart.Baseline(kept, dropped)
 
     # dead workers
 
@@ -477,13 +458,6 @@ def _best(t: optuna.trial.FrozenTrial) -> Best:
     run_id = t.user_attrs.get(RUN_ATTR)
     values = tuple(float(v) for v in t.values)
     return Best(t.number, values[0], dict(t.params), str(run_id) if run_id else None, values)
-
-
-def _study_id(backend: optuna.storages.BaseStorage, name: str) -> int | None:
-    try:
-        return backend.get_study_id_from_name(name)
-    except KeyError:
-        return None
 
 
 def _create(backend: optuna.storages.BaseStorage, name: str, params: SearchParams) -> int:
@@ -553,16 +527,12 @@ def open_study(
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is the caller's job
     backend = storage.backend
     # An earlier study to start from is checked before anything is written.
-    warm = _best_trials(backend, params.warm_start, name, params.top_k) if params.warm_start else []
-    study_id = None if new else _study_id(backend, name)
-    if study_id is None:  # create it (or find it created meanwhile) under the lock
-        with storage.lock(f"study:{name}"):
-            study_id = _study_id(backend, name)
-            if study_id is not None and new:
-                backend.delete_study(study_id)
-                study_id = None
-            if study_id is None:
-                study_id = _create(backend, name, params)
+    warm = (
+        warmstart.best_trials(backend, params.warm_start, name, params.top_k)
+        if params.warm_start
+        else []
+    )
+    study_id = _find_or_create(storage, name, params, new=new)
     _check_resumable(backend, study_id, name, params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -580,12 +550,28 @@ def open_study(
     if params.warm_start:
         started = searched.warm_start(warm, params.warm_start)
         if started is not None:
-            _log_warm_start(started, name)
+            warmstart.log_warm_start(started, name)
     elif params.baseline_first and params.sampler != "grid" and configured is not None:
         queued = searched.baseline(configured)
         if queued is not None:
-            _log_baseline(queued, name)
+            warmstart.log_baseline(queued, name)
     return searched
+
+
+def _find_or_create(storage: Storage, name: str, params: SearchParams, *, new: bool) -> int:
+    """The study's id; created (or found created meanwhile) under the study lock, after
+    discarding an existing one when `new`."""
+    backend = storage.backend
+    study_id = None if new else find_study_id(backend, name)
+    if study_id is None:
+        with storage.lock(f"study:{name}"):
+            study_id = find_study_id(backend, name)
+            if study_id is not None and new:
+                backend.delete_study(study_id)
+                study_id = None
+            if study_id is None:
+                study_id = _create(backend, name, params)
+    return study_id
 
 
 def _stream_seed(storage: Storage, study_id: int, name: str, seed: int) -> int:
@@ -600,71 +586,6 @@ def _stream_seed(storage: Storage, study_id: int, name: str, seed: int) -> int:
     return seed + history + 7919 * slot
 
 
-def _best_trials(
-    backend: optuna.storages.BaseStorage, source: str, name: str, k: int
-) -> list[optuna.trial.FrozenTrial]:
-    """The best `k` complete trials of study `source` by its own direction(s), best first (a
-    multi-objective study: its Pareto front, by the first objective); a missing, same-named or
-    empty study is refused."""
-    where = f"search.warm_start / --warm-start {source!r}"
-    if source == name:
-        raise SearchError(f"{where}: that is this study itself; name an earlier study.")
-    if _study_id(backend, source) is None:
-        names = sorted(s.study_name for s in backend.get_all_studies())
-        raise SearchError(
-            f"{where}: no such study in this storage (it has: {', '.join(names) or 'none'}). "
-            "Warm start reads an earlier study from the same --storage."
-        )
-    earlier = optuna.load_study(study_name=source, storage=backend)
-    if len(earlier.directions) > 1:
-        best = sorted(earlier.best_trials, key=lambda t: t.values[0])
-        if earlier.directions[0] == optuna.study.StudyDirection.MAXIMIZE:
-            best.reverse()
-    else:
-        best = sorted(
-            earlier.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
-            key=lambda t: t.value,
-            reverse=earlier.direction == optuna.study.StudyDirection.MAXIMIZE,
-        )
-    if not best:
-        raise SearchError(f"{where}: that study has no complete trial to start from.")
-    return best[:k]
-
-
-def _log_warm_start(started: WarmStart, name: str) -> None:
-    for key, why in started.dropped.items():
-        log.warning(
-            "warm start from study %r: dropped %s (%s); Optuna samples it instead",
-            started.source,
-            key,
-            why,
-        )
-    log.info(
-        "warm start: study %r tries %d param set(s) of study %r first",
-        name,
-        len(started.enqueued),
-        started.source,
-    )
-
-
-def _log_baseline(queued: Baseline, name: str) -> None:
-    if not queued.enqueued:
-        log.info(
-            "study %r: no configured value lies inside search.space, so no baseline trial",
-            name,
-        )
-        return
-    shown = ", ".join(f"{k}={v}" for k, v in queued.enqueued.items())
-    sampled = "".join(f"; {k} sampled: {why}" for k, why in queued.dropped.items())
-    log.info(
-        "study %r: trial 0 trains the configured values (%s)%s "
-        "(search.baseline_first: false to sample it too)",
-        name,
-        shown,
-        sampled,
-    )
-
-
 def existing_study(name: str, url: str | None, params: SearchParams) -> SearchStudy | None:
     """An existing study to read (figures, trials), or None when the storage or study is not
     there. Unlike `open_study`, creates nothing: no journal file, no study, no opener slot."""
@@ -672,7 +593,7 @@ def existing_study(name: str, url: str | None, params: SearchParams) -> SearchSt
     if not is_url(path) and not Path(path).is_file():
         return None
     storage = make_storage(path)
-    if _study_id(storage.backend, name) is None:
+    if find_study_id(storage.backend, name) is None:
         return None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=name, storage=storage.backend)

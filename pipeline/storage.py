@@ -225,3 +225,11 @@ def _schema_ready(url: str) -> bool:
 def memory_storage() -> Storage:
     """A throw-away in-process storage (benches and tests)."""
     return Storage("memory://", optuna.storages.InMemoryStorage())
+
+
+def find_study_id(backend: optuna.storages.BaseStorage, name: str) -> int | None:
+    """The storage's id of study `name`, or None if there is no such study."""
+    try:
+        return backend.get_study_id_from_name(name)
+    except KeyError:
+        return None

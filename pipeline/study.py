@@ -18,7 +18,7 @@ Read top to bottom, this module is the search engine:
    registered).
 
 How a trial's params become a model is a Trainer's job (pipeline.trainers). This module uses
-search.py (Optuna) and tracking.py (MLflow) and never the frameworks themselves.
+search.py (Optuna) and pipeline.tracking (MLflow) and never the frameworks themselves.
 """
 
 from __future__ import annotations

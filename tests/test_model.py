@@ -5,7 +5,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from pipeline import machine, model
+from pipeline import machine, metrics, model
 from pipeline.config import LrDecayParams, ModelParams, TrainParams
 from pipeline.data import Splits
 from pipeline.errors import TrainingDiverged
@@ -104,7 +104,7 @@ def test_validation_logs_match_keras_evaluate():
     splits = blobs()
     result = fit(splits)
     scores = model.predict_scores(result.model, splits.X_val)
-    ours = model.validation_logs(scores, splits.y_val, "classification")
+    ours = metrics.validation_logs(scores, splits.y_val, "classification")
     result.model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     keras_loss, keras_acc = result.model.evaluate(splits.X_val, splits.y_val, verbose=0)
     assert ours["val_loss"] == pytest.approx(keras_loss, rel=1e-4)
@@ -168,7 +168,7 @@ def test_epoch_metrics_agree_with_scikit_learn_on_awkward_predictions():
         k, n = int(rng.integers(2, 6)), int(rng.integers(3, 40))
         y = rng.integers(0, k, n)
         scores = np.round(rng.uniform(size=(n, 1)), 1) if k == 2 else rng.dirichlet([1] * k, n)
-        ours = model.validation_logs(scores, y, "classification", k)
+        ours = metrics.validation_logs(scores, y, "classification", k)
         pred = model.to_labels(scores, "classification")
         p, r, f1, _ = skm.precision_recall_fscore_support(
             y, pred, labels=list(range(k)), average="macro", zero_division=0
@@ -182,7 +182,7 @@ def test_epoch_metrics_agree_with_scikit_learn_on_awkward_predictions():
             assert "val_roc_auc" not in ours
     y = rng.normal(size=30)
     pred = y + rng.normal(size=30) * 0.3
-    ours = model.validation_logs(pred[:, None], y, "regression")
+    ours = metrics.validation_logs(pred[:, None], y, "regression")
     assert ours["val_r2"] == pytest.approx(skm.r2_score(y, pred))
     assert ours["val_mse"] == pytest.approx(skm.mean_squared_error(y, pred))
 
@@ -396,7 +396,7 @@ def test_release_frees_each_trained_model_though_it_freezes_the_start_up_heap():
 
 def test_a_released_training_leaves_no_traced_graph_or_model_alive():
     """Every trial traces a new train step; once `release` has run, nothing of it may stay
-    alive, or a long study grows by the step's graphs each trial (issue 7: TensorFlow's
+    alive, or a long study grows by the step's graphs each trial (TensorFlow's
     gradient registry kept them, +8.6 MiB RSS per digits trial). So the live traced graphs
     and models are as many after four train + release cycles as after one, with and without
     the prepared input."""

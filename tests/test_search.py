@@ -11,7 +11,7 @@ from conftest import require_postgres
 from pipeline import search
 from pipeline.config import SearchParams
 from pipeline.errors import SearchError
-from pipeline.storage import make_storage
+from pipeline.storage import find_study_id, make_storage
 
 SPACE = {
     "model.activation": {"choices": ["relu", "tanh"]},
@@ -401,7 +401,7 @@ def test_warm_start_queues_an_earlier_studys_best_params_once_and_drops_drifted_
     assert f"dropped model.dropout ({best[1].params['model.dropout']!r} outside" in text
     with pytest.raises(SearchError, match="no such study in this storage"):
         study_at(tmp_path, params(warm_start="nope"), name="third")
-    assert search._study_id(second._storage.backend, "third") is None  # nothing written
+    assert find_study_id(second._storage.backend, "third") is None  # nothing written
 
 
 def test_a_multi_objective_study_keeps_the_pareto_front_and_never_prunes(tmp_path, caplog):

@@ -121,8 +121,7 @@ def main(args: argparse.Namespace) -> int:
         }
         for _, r in ranked.head(args.top).iterrows()
     ]
-    counts = frame["state"].value_counts().to_dict()
-    print(f"study {study!r}: {len(frame)} trials {counts}")
+    print(f"study {study!r}: {len(frame)} trials {frame['state'].value_counts().to_dict()}")
     print(report.table(shown, ["trial", metric, *others, "epochs", *keys]))
 
     opened = search.existing_study(study, args.storage, params.search)
