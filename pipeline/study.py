@@ -27,9 +27,9 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline import config, interrupts, search, stages, trainers
 from pipeline.errors import PipelineError, TrainingDiverged
@@ -53,13 +53,54 @@ from pipeline.protocol import (
 if TYPE_CHECKING:
     from pipeline.stages import Prepared
     from pipeline.storage import Storage
-    from pipeline.tracking import Tracker
+    from pipeline.tracking import LiveMetrics
 
 log = logging.getLogger(__name__)
 
 PARENT_ATTR = "mlflow_parent_run_id"
 FOLDS_ATTR = "cv_folds"  # how the study scores its trials: 0 = a validation split, k = k folds
 INTERRUPTED = "interrupted (Ctrl-C or SIGTERM)"
+
+
+class StudyTracker(Protocol):
+    """What a tracked study asks of its tracker to open, reconcile and run trials.
+
+    pipeline.tracking.Tracker is the real one; a bench passes a stand-in that records nothing
+    (bench/scaling.py) to measure coordination alone. The finish (pipeline.champion) needs the
+    whole Tracker: it logs figures and the servable model.
+    """
+
+    def create_run(
+        self, name: str, *, parent_id: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> str: ...
+
+    def run(
+        self,
+        name: str,
+        *,
+        parent_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        resume_id: str | None = None,
+        failure_tags: Mapping[str, str] | None = None,
+    ) -> contextlib.AbstractContextManager[str]: ...
+
+    def live_metrics(self, run_id: str) -> contextlib.AbstractContextManager[LiveMetrics]: ...
+
+    def exists(self, run_id: str | None) -> bool: ...
+
+    def running_trial_runs(self, parent_id: str) -> list[tuple[str, int]]: ...
+
+    def trial_result(self, run_id: str) -> tuple[TrialState, float | list[float] | None] | None: ...
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None: ...
+
+    def end_run(self, run_id: str, status: str) -> None: ...
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None: ...
+
+    def log_text(self, run_id: str, text: str, name: str) -> None: ...
+
+    def log_dataset(self, run_id: str, sample: Any, **fields: Any) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -106,7 +147,7 @@ def _check_folds(study: search.SearchStudy, prep: Prepared) -> None:
 def _elect_parent(
     params: config.Params,
     prep: Prepared,
-    tracker: Tracker,
+    tracker: StudyTracker,
     study: search.SearchStudy,
     name: str,
     storage_display: str,
@@ -143,7 +184,7 @@ class TrackedStudy:
         self,
         params: config.Params,
         prep: Prepared,
-        tracker: Tracker,
+        tracker: StudyTracker,
         study: search.SearchStudy,
         parent_id: str,
         *,
@@ -167,7 +208,7 @@ class TrackedStudy:
         cls,
         params: config.Params,
         prep: Prepared,
-        tracker: Tracker,
+        tracker: StudyTracker,
         *,
         name: str,
         storage: Storage,
