@@ -78,3 +78,19 @@ def test_trial_states_and_run_tags_are_named_only_in_protocol(module: Path):
         if isinstance(node, ast.Constant) and isinstance(node.value, str)
     }
     assert not literals & names, f"{module.name} spells out {sorted(literals & names)}"
+
+
+LIMITS = {"module": 600, "class": 300, "function": 60}  # lines, docstrings included
+
+
+@pytest.mark.parametrize("module", sorted(PKG.rglob("*.py")), ids=lambda p: str(p.relative_to(PKG)))
+def test_modules_classes_and_functions_stay_small(module: Path):
+    """A reader finds a change's place from the file list only if no file or class hides a
+    subsystem: no module over 600 lines, no class over 300, no function over 60."""
+    text = module.read_text()
+    assert len(text.splitlines()) <= LIMITS["module"], f"{module.name}: over 600 lines"
+    for node in ast.walk(ast.parse(text)):
+        kind = {ast.ClassDef: "class", ast.FunctionDef: "function"}.get(type(node))
+        if kind is not None:
+            size = node.end_lineno - node.lineno + 1
+            assert size <= LIMITS[kind], f"{module.name}: {kind} {node.name} is {size} lines"
