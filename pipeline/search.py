@@ -50,7 +50,7 @@ OPTUNA_INTERNALS = {
     "optuna.distributions.BaseDistribution._contains": "samplers.fit_to_space",
     # whether a grid search has tried every point (ask/tell has no study.stop())
     "optuna.samplers.GridSampler._get_unvisited_grid_ids": "samplers.GridSampler.exhausted",
-    # the journal file's own lock, which an atomic append must hold (pipeline.storage)
+    # the journal's lock (and JournalFileBackend._lock, ._file_path): an atomic append holds it
     "optuna.storages.journal._file.get_lock_file": "storage._journal_backend",
 }
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
