@@ -410,8 +410,11 @@ def test_search_resumes_to_the_total_registers_a_champion_and_predict_reproduces
     base += ["--set", "train.early_stopping.patience=1", "--set", "train.epochs=8"]
     assert run.main([*base, "--trials", "4"]) == 0
     assert run.main([*base, "--trials", "6"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "champion = best trial" in out and "test_accuracy" in out and "pipeline.run ui" in out
+    assert "model: models:/default@champion (version 1)" in out
+    assert "Successfully registered" not in captured.err and "Created version" not in captured.err
 
     client = mlflow.MlflowClient(store_uri)
     runs = client.search_runs(["1"], max_results=100)

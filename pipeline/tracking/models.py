@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +100,31 @@ class _Models(_Store):
             self.client.update_run(run_id, status=RunStatus.RUNNING)
         version = None
         if register_as:
-            with guard(self.display_uri, "registering the model", self._db_path):
+            with (
+                guard(self.display_uri, "registering the model", self._db_path),
+                _without_registry_chatter(),
+            ):
                 mv = mlflow.register_model(info.model_uri, register_as)
             version = str(mv.version)
             self.client.set_registered_model_alias(register_as, "champion", version)
         return info.model_uri, version
+
+
+# What mlflow.register_model prints on its own; the command's `model: ...` line says it already.
+_REGISTRY_CHATTER = ("Successfully registered model ", "Created version ")
+
+
+@contextlib.contextmanager
+def _without_registry_chatter() -> Iterator[None]:
+    """Hold back MLflow's registry messages (it prints them to stderr, not through logging);
+    anything else it writes meanwhile goes to stderr as usual, also when the block raises."""
+    held = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(held):
+            yield
+    finally:
+        lines = held.getvalue().splitlines(keepends=True)
+        sys.stderr.write("".join(x for x in lines if not x.startswith(_REGISTRY_CHATTER)))
 
 
 def _pip_requirements() -> list[str]:
