@@ -630,8 +630,8 @@ def test_ctrl_c_to_a_search_with_workers_stops_every_worker_and_leaves_nothing_r
     the whole process group (a terminal's Ctrl-C), started with SIGINT ignored as a background
     job is: exit 130, every run ended, every trial marked, no worker left behind.
 
-    Signalled alone, the parent records its own trial, then stops the worker (SIGTERM): a
-    worker's trial that ends in that moment is a finished trial, not an interrupted one."""
+    A trial that reaches its end in the moment the signal takes to act is a finished trial, not
+    an interrupted one."""
     import os
     import signal
 
@@ -656,17 +656,12 @@ def test_ctrl_c_to_a_search_with_workers_stops_every_worker_and_leaves_nothing_r
     study = optuna.load_study(study_name="default", storage=storage)
     states = {t.user_attrs.get(search.RUN_ATTR): t.state.name for t in study.trials}
     assert "RUNNING" not in states.values(), states
-    owner = {
-        t.user_attrs.get(search.RUN_ATTR): t.user_attrs.get(search.WORKER_ATTR)
-        for t in study.trials
-    }
-    ended = {(runs[r], states[r]) for r in trial_runs}
-    parents = [r for r in trial_runs if owner[r].endswith(f":{proc.pid}")]
-    assert len(parents) == 1 and (runs[parents[0]], states[parents[0]]) == ("KILLED", "FAIL")
-    if target == "group":  # both processes were interrupted themselves
-        assert ended == {("KILLED", "FAIL")}, ended
-    else:  # the worker's trial was stopped, or ended on its own just before
-        assert ended <= {("KILLED", "FAIL"), ("FINISHED", "COMPLETE")}, ended
+    # Each of the two trials was interrupted (run KILLED, trial FAIL) or, if it reached its end
+    # in the moment before the signal took effect, finished (FINISHED, COMPLETE): the parent's
+    # began first, and alone the parent stops its worker only after recording its own trial.
+    ended = [(runs[r], states[r]) for r in trial_runs]
+    assert set(ended) <= {("KILLED", "FAIL"), ("FINISHED", "COMPLETE")}, ended
+    assert ("KILLED", "FAIL") in ended, ended  # the signal did interrupt a trial
 
 
 @pytest.mark.slow
