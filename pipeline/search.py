@@ -40,8 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# What open_study takes to override the params' sampler (called with the process's seed) and
-# pruner, so callers outside this module name them without importing Optuna.
+# open_study's overrides of the params' sampler (called with a seed) and pruner, as types.
 SamplerFactory = Callable[[int], optuna.samplers.BaseSampler]
 Pruner = optuna.pruners.BasePruner
 # Optuna internals with no public equivalent, named once (tests/test_search.py fails if moved):
@@ -180,6 +179,7 @@ class SearchStudy:
         self._study = study
         self._storage = storage
         self._params = params
+        self._space = distributions(params.space)  # what every ask samples
         self.name = study.study_name
         self._id = storage.backend.get_study_id_from_name(study.study_name)
 
@@ -319,7 +319,7 @@ class SearchStudy:
         # trial without an owner is then one whose asker died in between (a full disk, a
         # SIGKILL), and dead_trials() reaps it at once instead of after STALE_AFTER_SECONDS.
         with self.exclusive():
-            trial = self._study.ask(fixed_distributions=distributions(self._params.space))
+            trial = self._study.ask(fixed_distributions=self._space)
             trial.set_user_attr(WORKER_ATTR, worker_id())
         ahead = finished = 0
         for t in self._trials(*FINISHED, TrialState.RUNNING):
