@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline import config, search, stages
+from pipeline import config, protocol, search, stages
 from pipeline.errors import PipelineError
 from pipeline.protocol import (
     BEST_TRIAL_TAG,
@@ -191,14 +191,7 @@ def log_parent_artifacts(tracked: TrackedStudy) -> pd.DataFrame:
     if best is None:
         return frame
     metric = sp.metrics[0]
-    best_yaml: dict[str, Any] = {"trial": best.number, metric: best.value}
-    if sp.multi_objective:  # the champion rule's pick, then the whole front
-        best_yaml = {"trial": best.number, **dict(zip(sp.metrics, best.values, strict=True))}
-        best_yaml["champion"] = f"{sp.champion}: best {metric} on the Pareto front"
-        best_yaml["pareto_front"] = [
-            {"trial": b.number, **dict(zip(sp.metrics, b.values, strict=True))}
-            for b in tracked.study.pareto()
-        ]
+    best_yaml = _best_yaml(tracked, best)
     tracker.log_text(
         parent,
         yaml.safe_dump({**best_yaml, "params": best.params}, sort_keys=False),
@@ -208,7 +201,7 @@ def log_parent_artifacts(tracked: TrackedStudy) -> pd.DataFrame:
     tracker.log_metrics(
         parent,
         {
-            f"best_{metric}": best.value,
+            f"best_{metric}": best.scores.get(metric, best.value),  # as measured
             "trials_complete": c.complete,
             "trials_pruned": c.pruned,
             "trials_failed": c.failed,
@@ -232,3 +225,26 @@ def log_parent_artifacts(tracked: TrackedStudy) -> pd.DataFrame:
     }
     tracker.log_figure(parent, report.top_trial_curves(curves, metric), "top_trials_curves.png")
     return frame
+
+
+def _best_yaml(tracked: TrackedStudy, best: search.Best) -> dict[str, Any]:
+    """best_params.yaml without its params: the best trial with the metric as measured and, in
+    a single-objective study, the tie-break loss and the objective that ranked it by both; in a
+    multi-objective one, the champion rule's pick and then the whole Pareto front."""
+    sp = tracked.params.search
+    metric = sp.metrics[0]
+    if sp.multi_objective:
+        front = [
+            {"trial": b.number, **dict(zip(sp.metrics, b.values, strict=True))}
+            for b in tracked.study.pareto()
+        ]
+        return {
+            "trial": best.number,
+            **dict(zip(sp.metrics, best.values, strict=True)),
+            "champion": f"{sp.champion}: best {metric} on the Pareto front",
+            "pareto_front": front,
+        }
+    out: dict[str, Any] = {"trial": best.number, metric: best.scores.get(metric, best.value)}
+    if protocol.TIEBREAK in best.scores and metric != protocol.TIEBREAK:
+        out |= {protocol.TIEBREAK: best.scores[protocol.TIEBREAK], "objective": best.value}
+    return out

@@ -15,7 +15,6 @@ import functools
 import logging
 import os
 import socket
-import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -31,7 +30,14 @@ from pipeline.config import SearchParams, space_fingerprint
 from pipeline.errors import SearchError
 from pipeline.locks import pid_alive
 from pipeline.samplers import GridSampler, distributions, fit_to_space, make_pruner, make_sampler
-from pipeline.storage import Storage, find_study_id, make_storage
+from pipeline.storage import (
+    HEARTBEAT_ATTR,
+    STALE_AFTER_SECONDS,
+    Heartbeat,
+    Storage,
+    find_study_id,
+    make_storage,
+)
 from pipeline.uris import is_url
 
 if TYPE_CHECKING:
@@ -56,14 +62,11 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WORKER_ATTR = "worker"
 RUN_ATTR = "mlflow_run_id"
 REASON_ATTR = "fail_reason"
-HEARTBEAT_ATTR = "heartbeat"
 RETRY_ATTR = "retry_of"  # a retried trial: the number of the dead worker's trial it repeats
 RETRY_RUN_ATTR = "retry_of_run"  # ... and that trial's MLflow run, if it had one
 WARM_ATTR = "warm_start_from"  # on a warm-start trial: "<earlier study>#<its trial number>"
 BASELINE_ATTR = "baseline"  # on the trial that trains the configured values (baseline_first)
 SURPLUS = "not run: other workers' trials already fill n_trials"
-HEARTBEAT_SECONDS = 30.0
-STALE_AFTER_SECONDS = 4 * HEARTBEAT_SECONDS  # a worker on another host is dead after this
 
 
 def worker_id() -> str:
@@ -96,10 +99,11 @@ class Counts:
 @dataclass(frozen=True)
 class Best:
     number: int
-    value: float  # the (first) objective
+    value: float  # the (first) objective (one metric: carrying the tie-break, protocol.objective)
     params: dict[str, Any]
     run_id: str | None = None  # the trial's MLflow run, where its model is
     values: tuple[float, ...] = ()  # every objective, in search.metric order
+    scores: dict[str, float] = field(default_factory=dict)  # metric and tie-break as measured
 
 
 @dataclass(frozen=True)
@@ -117,31 +121,6 @@ class DeadTrial:
 # -- one trial ----------------------------------------------------------------------------------
 
 
-class _Heartbeat:
-    """Stamps the trial with the time every HEARTBEAT_SECONDS, so workers on other hosts can
-    tell a live trial from a dead worker's (a pid is only checkable on its own host)."""
-
-    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._beat, args=(storage, trial_id), name="pipeline-heartbeat", daemon=True
-        )
-        self._thread.start()
-
-    def _beat(self, storage: optuna.storages.BaseStorage, trial_id: int) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
-            try:
-                storage.set_trial_user_attr(trial_id, HEARTBEAT_ATTR, time.time())
-            except optuna.exceptions.UpdateFinishedTrialError:
-                return  # told meanwhile: nothing left to keep alive
-            except Exception as exc:  # noqa: BLE001 - a storage blip: beat again next time, or
-                log.debug("heartbeat of trial %d missed: %s", trial_id, exc)  # look dead
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 @dataclass
 class Trial:
     """One asked trial: its number, the sampled values, and the pruning hook."""
@@ -149,7 +128,7 @@ class Trial:
     number: int
     values: dict[str, Any]
     _trial: optuna.Trial = field(repr=False)
-    _heartbeat: _Heartbeat = field(repr=False)
+    _heartbeat: Heartbeat = field(repr=False)
     retry_of: int | None = None  # a dead worker's trial this one repeats (same params)
     retry_of_run: str | None = None  # that trial's MLflow run, so the new run can link to it
     warm_start_from: str | None = None  # "<earlier study>#<trial>" for a warm-start trial
@@ -338,7 +317,7 @@ class SearchStudy:
             trial.number,
             values,
             trial,
-            _Heartbeat(self._storage.backend, self._trial_id(trial.number)),
+            Heartbeat(self._storage.backend, self._trial_id(trial.number)),
             int(retry_of) if retry_of is not None else None,
             str(retry_run) if retry_run else None,
             warm_start_from=str(origin) if origin else None,
@@ -346,9 +325,15 @@ class SearchStudy:
             prunable=len(self._study.directions) == 1,
         )
 
-    def tell_complete(self, trial: Trial, value: float | list[float]) -> None:
-        """Record the objective (one value per metric in a multi-objective study)."""
+    def tell_complete(
+        self, trial: Trial, value: float | list[float], scores: Mapping[str, float] | None = None
+    ) -> None:
+        """Record the objective (one value per metric in a multi-objective study) and, as the
+        trial's user attrs, the scores it was made of (the metric as measured, the tie-break
+        loss: what tables show beside the rank)."""
         trial._heartbeat.stop()
+        for key, score in (scores or {}).items():
+            trial._trial.set_user_attr(key, float(score))
         self._study.tell(trial._trial, value)
 
     def tell_pruned(self, trial: Trial) -> None:
@@ -457,7 +442,8 @@ class SearchStudy:
 def _best(t: optuna.trial.FrozenTrial) -> Best:
     run_id = t.user_attrs.get(RUN_ATTR)
     values = tuple(float(v) for v in t.values)
-    return Best(t.number, values[0], dict(t.params), str(run_id) if run_id else None, values)
+    scores = {k: float(v) for k, v in t.user_attrs.items() if isinstance(v, float)}
+    return Best(t.number, values[0], dict(t.params), run_id and str(run_id), values, scores)
 
 
 def _create(backend: optuna.storages.BaseStorage, name: str, params: SearchParams) -> int:

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -233,3 +234,34 @@ def find_study_id(backend: optuna.storages.BaseStorage, name: str) -> int | None
         return backend.get_study_id_from_name(name)
     except KeyError:
         return None
+
+
+# -- trial heartbeats ---------------------------------------------------------------------------
+HEARTBEAT_ATTR = "heartbeat"  # a trial's user attr: when its worker last said it is alive
+HEARTBEAT_SECONDS = 30.0
+STALE_AFTER_SECONDS = 4 * HEARTBEAT_SECONDS  # a worker on another host is dead after this
+
+
+class Heartbeat:
+    """Stamps the trial with the time every HEARTBEAT_SECONDS, so workers on other hosts can
+    tell a live trial from a dead worker's (a pid is only checkable on its own host)."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._beat, args=(storage, trial_id), name="pipeline-heartbeat", daemon=True
+        )
+        self._thread.start()
+
+    def _beat(self, storage: optuna.storages.BaseStorage, trial_id: int) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                storage.set_trial_user_attr(trial_id, HEARTBEAT_ATTR, time.time())
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return  # told meanwhile: nothing left to keep alive
+            except Exception as exc:  # noqa: BLE001 - a storage blip: beat again next time, or
+                log.debug("heartbeat of trial %d missed: %s", trial_id, exc)  # look dead
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pipeline import config, interrupts, search, stages, trainers
+from pipeline import config, interrupts, protocol, search, stages, trainers
 from pipeline.errors import PipelineError, TrainingDiverged
 from pipeline.protocol import (
     BASELINE_TAG,
@@ -43,6 +43,7 @@ from pipeline.protocol import (
     STATE_TAG,
     STORAGE_TAG,
     STUDY_TAG,
+    TIEBREAK,
     TRIAL_TAG,
     WARM_TAG,
     RunKind,
@@ -395,22 +396,28 @@ class TrackedStudy:
         """Train, then record the result: on the run first (with the last epochs, after them),
         then in the study; the caller then closes the run. A worker dying between any two of
         these leaves what reconcile() needs. Returns the state and the objective values."""
-        metrics = self.params.search.metrics
+        metrics, directions = self.params.search.metrics, self.params.search.directions
         metric = metrics[0]  # the one that prunes (single objective) and progress shows
 
         def hook(epoch: int, logs: dict[str, float]) -> bool:
             interrupts.check()  # a Ctrl-C swallowed during the epoch stops the trial here
-            return metric in logs and trial.should_prune(epoch, logs[metric])
+            # judged as it will be ranked: the metric, ties by the loss (protocol.objective)
+            return metric in logs and trial.should_prune(
+                epoch, protocol.objective(logs, metric, directions[0])
+            )
 
         with self.tracker.live_metrics(run_id) as live:
             live.add_params(config.flatten(trial_params))  # with the first epochs
             trained = self.trainer(trial_params, live, hook)
-            state, values, extra = _result(trained, metrics)
+            state, values, extra = _result(trained, metrics, directions)
+            if values is not None and len(values) == 1:  # the UI's sort key (protocol)
+                live.add(trained.epochs_run, {protocol.OBJECTIVE: values[0]})
             live.final_tags.update({STATE_TAG: state, **extra})
         if values is None:
             self.study.tell_pruned(trial)
         else:
-            self.study.tell_complete(trial, values if len(values) > 1 else values[0])
+            scores = {m: trained.metrics[m] for m in (metric, TIEBREAK) if m in trained.metrics}
+            self.study.tell_complete(trial, values if len(values) > 1 else values[0], scores)
         return state, values
 
     def _record_failed_run(self, trial: search.Trial, run_id: str, exc: BaseException) -> bool:
@@ -436,10 +443,12 @@ class TrackedStudy:
 
 
 def _result(
-    trained: trainers.Trained, metrics: tuple[str, ...]
+    trained: trainers.Trained, metrics: tuple[str, ...], directions: tuple[str, ...]
 ) -> tuple[TrialState, list[float] | None, dict[str, str]]:
     """A trained trial's state, objective values (None if pruned) and the tags that record
-    them on its run. A non-finite objective is a failure: Optuna would store inf as COMPLETE."""
+    them on its run. A non-finite objective is a failure: Optuna would store inf as COMPLETE.
+    One metric: its objective carries the validation-loss tie-break (protocol.objective);
+    several: each metric as it is (the Pareto rule ranks them)."""
     if trained.pruned:
         where = (
             {"pruned_after_fold": str(trained.folds_run)}
@@ -451,4 +460,6 @@ def _result(
     for m, v in zip(metrics, values, strict=True):
         if not math.isfinite(v):
             raise TrainingDiverged(f"non-finite {m}: {v}")
+    if len(metrics) == 1:
+        values = [protocol.objective(trained.metrics, metrics[0], directions[0])]
     return TrialState.COMPLETE, values, {RESULT_TAG: ",".join(map(repr, values))}

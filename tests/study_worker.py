@@ -97,11 +97,13 @@ def main() -> None:
 
     tell = search.SearchStudy.tell_complete
 
-    def tell_complete(self: search.SearchStudy, trial: search.Trial, value: float) -> None:
+    def tell_complete(
+        self: search.SearchStudy, trial: search.Trial, value: float, scores: object = None
+    ) -> None:
         calls["tell"] += 1
         if calls["tell"] == 2 and a.kill_at == "result_logged":
             die()
-        tell(self, trial, value)
+        tell(self, trial, value, scores)  # type: ignore[arg-type]
         if calls["tell"] == 2 and a.kill_at == "told":
             die()
 

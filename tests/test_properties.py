@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pipeline import data, run
+from pipeline import data, protocol, run
 from pipeline.config import DataParams, SplitParams
 from pipeline.errors import DataError
 
@@ -137,3 +137,28 @@ def test_train_on_any_csv_exits_0_with_a_model_or_2_with_nothing_written(
         assert [r.info.status for r in runs] == ["FINISHED"]
         models = client.search_logged_models(exps)
         assert [str(m.status) for m in models] == ["READY"]
+
+
+losses = st.floats(min_value=0.0, max_value=1e6, allow_nan=False)
+
+
+@given(
+    rows=st.integers(min_value=1, max_value=100_000),
+    hits=st.tuples(st.integers(0, 100_000), st.integers(0, 100_000)),
+    loss=st.tuples(losses, losses),
+    direction=st.sampled_from(["maximize", "minimize"]),
+)
+@example(rows=270, hits=(269, 269), loss=(0.0412, 0.0394), direction="maximize")  # digits, seed 2
+def test_the_tie_break_orders_equal_scores_by_loss_and_never_reorders_different_ones(
+    rows, hits, loss, direction
+):
+    """Scores that are a count of validation rows (accuracy: k of n) keep their order whatever
+    the losses; equal scores are ordered by the loss, lower first."""
+    a, b = (min(h, rows) / rows for h in hits)
+    pairs = zip((a, b), loss, strict=True)
+    key = [protocol.objective({"m": s, "val_loss": x}, "m", direction) for s, x in pairs]
+    better = (lambda u, v: u > v) if direction == "maximize" else (lambda u, v: u < v)
+    if a != b:
+        assert better(key[0], key[1]) == better(a, b)
+    elif loss[0] != loss[1] and abs(loss[0] - loss[1]) > 1e-9 * (1 + max(loss)) ** 2:
+        assert better(key[0], key[1]) == (loss[0] < loss[1])

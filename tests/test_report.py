@@ -131,3 +131,68 @@ def test_report_with_an_unreachable_storage_is_a_clean_error(workdir, capsys, ba
     assert run.main([*argv, "--storage", bad]) == 2
     err = capsys.readouterr().err
     assert "--storage" in err and "secret" not in err and "Traceback" not in err
+
+
+def tied_trainer(p: config.Params, live: LiveMetrics, on_epoch) -> Trained:  # noqa: ANN001
+    """Accuracy in two steps (most trials tie at the top, as on digits' 270 validation rows);
+    the validation loss, continuous, tells the tied ones apart."""
+    value = 0.9 if p.model.activation != "elu" else 0.8
+    loss = 0.6 - p.model.dropout
+    for epoch in range(3):
+        on_epoch(epoch, {"val_accuracy": value, "val_loss": loss})
+    return Trained({"val_accuracy": value, "val_loss": loss}, 3, False)
+
+
+def test_trials_tied_on_the_metric_rank_by_validation_loss_in_study_report_table_and_ui_sort(
+    workdir, capsys
+):
+    import mlflow
+    import yaml
+
+    from pipeline.commands.search import _print_study
+
+    params = study_params(workdir, 8)
+    tracker = Tracker(params.tracking.uri, "stub")
+    tracked = TrackedStudy.open(
+        params,
+        stages.prepare(params),
+        tracker,
+        name="stub",
+        storage=make_storage(str(workdir / "mlruns" / "optuna-journal.log")),
+        storage_display="test",
+        trainer=tied_trainer,
+    )
+    with tracker.run("study-stub", resume_id=tracked.parent_id):
+        tracked.run_trials()
+        frame = log_parent_artifacts(tracked)
+    tied = frame[frame["user_attrs_val_accuracy"] == 0.9]
+    lowest = int(tied.loc[tied["user_attrs_val_loss"].idxmin(), "number"])
+    assert len(tied) >= 2 and lowest != int(tied["number"].min())  # trial order would differ
+    best = tracked.study.best()
+    assert best is not None and best.number == lowest
+    assert best.scores == {"val_accuracy": 0.9, "val_loss": tied["user_attrs_val_loss"].min()}
+
+    client = mlflow.MlflowClient(params.tracking.uri)
+    parent = client.get_run(tracked.parent_id)
+    got = client.download_artifacts(parent.info.run_id, "best_params.yaml", str(workdir))
+    best_yaml = yaml.safe_load(Path(got).read_text())
+    assert best_yaml["trial"] == lowest and best_yaml["val_accuracy"] == 0.9
+    assert best_yaml["val_loss"] == best.scores["val_loss"]
+    # the UI's sort on the trial runs' `objective` metric puts the same trial first
+    by_objective = client.search_runs(
+        [parent.info.experiment_id],
+        "tags.`pipeline.trial` != ''",
+        order_by=["metrics.objective DESC"],
+        max_results=1,
+    )
+    assert by_objective[0].data.tags["pipeline.trial"] == str(lowest)
+
+    _print_study(tracked, tracked.params)  # the console's table after a search
+    table = capsys.readouterr().out.splitlines()
+    assert table[2].split()[:2] == ["number", "value"] and "val_loss" in table[2]
+    assert table[4].split()[0] == str(lowest)
+    argv = ["report", "--tracking-uri", params.tracking.uri, *SPACE_FLAGS, "--top", "3"]
+    assert run.main(argv) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[1].split()[:3] == ["trial", "val_accuracy", "val_loss"]
+    assert rows[3].split()[0] == str(lowest)

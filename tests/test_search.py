@@ -8,7 +8,7 @@ import optuna
 import pytest
 from conftest import require_postgres
 
-from pipeline import search
+from pipeline import search, storage
 from pipeline.config import SearchParams
 from pipeline.errors import SearchError
 from pipeline.storage import find_study_id, make_storage
@@ -329,7 +329,7 @@ def test_the_heartbeat_survives_a_storage_blip_and_stops_once_the_trial_is_told(
 
     import optuna
 
-    monkeypatch.setattr(search, "HEARTBEAT_SECONDS", 0.01)
+    monkeypatch.setattr(storage, "HEARTBEAT_SECONDS", 0.01)
     calls, third = [], threading.Event()
 
     class Flaky:
@@ -341,10 +341,10 @@ def test_the_heartbeat_survives_a_storage_blip_and_stops_once_the_trial_is_told(
                 third.set()
                 raise optuna.exceptions.UpdateFinishedTrialError("trial is finished")
 
-    beat = search._Heartbeat(Flaky(), trial_id=7)
+    beat = storage.Heartbeat(Flaky(), trial_id=7)
     assert third.wait(timeout=60)  # it beat again after the blip, until the trial was told
     beat._thread.join(timeout=60)
-    assert not beat._thread.is_alive() and calls == [search.HEARTBEAT_ATTR] * 3
+    assert not beat._thread.is_alive() and calls == [storage.HEARTBEAT_ATTR] * 3
 
 
 def test_warm_start_queues_an_earlier_studys_best_params_once_and_drops_drifted_keys(

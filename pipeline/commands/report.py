@@ -77,14 +77,36 @@ def trials_frame(
         row = {
             "number": int(r.data.tags[protocol.TRIAL_TAG]),
             "state": r.data.tags.get(protocol.STATE_TAG, "?"),
-            "value": r.data.metrics.get(metrics[0]),
+            # the objective the study ranked by (with the tie-break); runs logged before the
+            # tie-break existed rank by the metric alone
+            "value": r.data.metrics.get(
+                protocol.OBJECTIVE if len(metrics) == 1 else metrics[0],
+                r.data.metrics.get(metrics[0]),
+            ),
             **{m: r.data.metrics.get(m) for m in metrics[1:]},
+            protocol.TIEBREAK: r.data.metrics.get(protocol.TIEBREAK),
             "epochs": r.data.metrics.get("epochs_run"),
             "run_id": r.info.run_id,
         }
         row.update({f"params_{k}": _scalar(r.data.params.get(k)) for k in keys})
         rows.append(row)
     return pd.DataFrame(rows).sort_values("number"), metrics, directions
+
+
+def _top_rows(top: pd.DataFrame, metrics: list[str], keys: list[str]) -> list[dict[str, Any]]:
+    """The console table's rows of the top trials: the objective (under the first metric's
+    name), any other metric, the tie-break loss, the epochs and the params."""
+    return [
+        {
+            "trial": r["number"],
+            metrics[0]: r["value"],
+            **{m: r[m] for m in metrics[1:]},
+            protocol.TIEBREAK: r[protocol.TIEBREAK],
+            "epochs": r["epochs"],
+            **{k: r[f"params_{k}"] for k in keys},
+        }
+        for _, r in top.iterrows()
+    ]
 
 
 def _as_list(value: Any) -> list[str]:
@@ -111,18 +133,10 @@ def main(args: argparse.Namespace) -> int:
     frame, metrics, directions = trials_frame(tracker, study, params.search, keys)
     metric, others = metrics[0], metrics[1:]
     ranked = protocol.ranked(frame, directions[0])
-    shown = [
-        {
-            "trial": r["number"],
-            metric: r["value"],
-            **{m: r[m] for m in others},
-            "epochs": r["epochs"],
-            **{k: r[f"params_{k}"] for k in keys},
-        }
-        for _, r in ranked.head(args.top).iterrows()
-    ]
+    shown = _top_rows(ranked.head(args.top), metrics, keys)
+    tie = [] if others or metric == protocol.TIEBREAK else [protocol.TIEBREAK]  # second key
     print(f"study {study!r}: {len(frame)} trials {frame['state'].value_counts().to_dict()}")
-    print(report.table(shown, ["trial", metric, *others, "epochs", *keys]))
+    print(report.table(shown, ["trial", metric, *others, *tie, "epochs", *keys]))
 
     opened = search.existing_study(study, args.storage, params.search)
     if others and opened is not None:

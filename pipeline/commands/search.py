@@ -175,13 +175,11 @@ def _print_study(tracked: TrackedStudy, params: config.Params) -> None:
         return
     sp = params.search
     done = protocol.ranked(frame, sp.directions[0])
-    cols = ["number", "value", *sp.metrics[1:], *[f"params_{k}" for k in sp.space]]
-    rows = [
-        {c.replace("params_", ""): r[c] for c in cols if c in r}
-        for _, r in done.head(sp.top_k).iterrows()
-    ]
+    tie = [] if sp.multi_objective else [f"user_attrs_{protocol.TIEBREAK}"]  # the second key
+    cols = ["number", "value", *sp.metrics[1:], *tie, *[f"params_{k}" for k in sp.space]]
+    rows = [{_column(c): r[c] for c in cols if c in r} for _, r in done.head(sp.top_k).iterrows()]
     if rows:
-        print(report.table(rows, [c.replace("params_", "") for c in cols]))
+        print(report.table(rows, [_column(c) for c in cols]))
     if sp.multi_objective:
         front = tracked.study.pareto()
         goals = ", ".join(f"{m} {d}" for m, d in zip(sp.metrics, sp.directions, strict=True))
@@ -195,6 +193,11 @@ def _print_study(tracked: TrackedStudy, params: config.Params) -> None:
                 ["trial", *sp.metrics],
             )
         )
+
+
+def _column(frame_column: str) -> str:
+    """A trials-table column's name in the console's table (`params_x` -> `x`)."""
+    return frame_column.removeprefix("params_").removeprefix("user_attrs_")
 
 
 def _print_outcome(outcome: Outcome, params: config.Params, ui_url: str) -> None:
