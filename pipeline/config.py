@@ -331,6 +331,38 @@ def load(
     return validate(apply_overrides(raw, parsed), origin=origin)
 
 
+def from_logged(
+    logged: Mapping[str, str],
+    overrides: Iterable[str] = (),
+    *,
+    extra: Mapping[str, Any] | None = None,
+) -> Params:
+    """The Params a run logged (`flatten`'s keys, each value as MLflow keeps it: text), with
+    `--set` overrides and `extra` on top: what `train --from-run` trains again."""
+    raw = apply_overrides({}, {k: _logged_value(v) for k, v in logged.items()})
+    parsed = dict(parse_override(o) for o in overrides)
+    parsed.update(extra or {})
+    given = " with --set " + ", ".join(overrides) if overrides else ""
+    origin = f"the run's logged params{given}"
+    return validate(apply_overrides(raw, parsed), origin=origin)
+
+
+def _logged_value(text: str) -> Any:
+    """A param value back from its logged text (str() of a scalar, JSON of a list)."""
+    if text == "None":
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):  # YAML reads 1e-05 (how Python writes 0.00001) as text
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def flatten(params: Params | Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Flatten nested params to dotted keys (lists kept as-is) - the keys MLflow logs."""
     data = params.model_dump(mode="json") if isinstance(params, BaseModel) else params

@@ -65,6 +65,7 @@ BASELINE_TAG = "pipeline.baseline"  # "true" on the trial of the configured valu
 BEST_TRIAL_TAG = "pipeline.best_trial"  # on the champion run: the trial it is the model of
 TRIAL_RUN_TAG = "pipeline.trial_run"  # ... and that trial's run
 REFIT_TAG = "pipeline.refit"  # on a cross-validated champion: what it was trained on again
+FROM_RUN_TAG = "pipeline.from_run"  # on a `train --from-run` run: the run it trains again
 ERROR_TAG = "error"  # why a run failed or was killed
 
 

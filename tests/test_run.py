@@ -384,6 +384,42 @@ def test_train_command_is_reproducible_for_a_seed(workdir, store_uri, capsys):
     assert {k: first[k] for k in keys} == {k: second[k] for k in keys}
 
 
+def test_train_from_run_trains_a_trials_params_again_and_links_the_runs(workdir, store_uri, capsys):
+    import mlflow
+
+    fast = ["--set", "train.epochs=4", "--set", "model.hidden=[32]"]
+    search_argv = ["search", "--tracking-uri", store_uri, "--trials", "2", "--workers", "1", *fast]
+    assert run.main(search_argv) == 0
+    client = mlflow.MlflowClient(store_uri)
+    trials = client.search_runs(["1"], "tags.`pipeline.trial` = '1'")
+    parent = client.search_runs(["1"], "tags.`pipeline.kind` = 'study'")[0].info.run_id
+    trial = trials[0]
+    assert trial.data.params["model.activation"] != "None"  # a sampled trial, not the preset
+    again = ["train", "--tracking-uri", store_uri, "--from-run", trial.info.run_id]
+    assert run.main(again) == 0
+    assert run.main([*again, "--set", "train.epochs=2"]) == 0
+    linked = client.search_runs(
+        ["1"], f"tags.`pipeline.from_run` = '{trial.info.run_id}'", order_by=["start_time ASC"]
+    )
+    assert len(linked) == 2 and all(r.info.status == "FINISHED" for r in linked)
+    same, shorter = linked
+    assert same.data.params == trial.data.params  # exactly its params (seed included)
+    for key in ("val_accuracy", "val_loss", "epochs_run"):
+        assert same.data.metrics[key] == trial.data.metrics[key], key
+    changed = {k for k, v in shorter.data.params.items() if trial.data.params[k] != v}
+    assert changed == {"train.epochs"} and shorter.data.metrics["epochs_run"] == 2
+    capsys.readouterr()
+    # what cannot be trained again says so and trains nothing
+    for argv, needle in (
+        (["train", "--tracking-uri", store_uri, "--from-run", parent], "parent run"),
+        (["train", "--tracking-uri", store_uri, "--from-run", "0" * 32], "no such run"),
+        ([*again, "-p", "default"], "drop -p"),
+    ):
+        assert run.main(argv) == 2
+        assert needle in capsys.readouterr().err
+    assert len(client.search_runs(["1"], "tags.`pipeline.kind` = 'train'")) == 2
+
+
 FAST = [
     "--set",
     "train.epochs=4",

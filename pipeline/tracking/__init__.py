@@ -18,7 +18,7 @@ from pipeline.tracking.models import (
     set_uri,
     ui_command,
 )
-from pipeline.tracking.runs import Tracker
+from pipeline.tracking.runs import LoggedRun, Tracker, logged_run
 from pipeline.tracking.store import DEFAULT_HOME, default_uri, store_home
 
 __all__ = [
@@ -26,9 +26,11 @@ __all__ = [
     "LIVE_SECONDS",
     "WRITE_SHARE_FACTOR",
     "LiveMetrics",
+    "LoggedRun",
     "Tracker",
     "default_uri",
     "load_model",
+    "logged_run",
     "register_for_serving",
     "serve_from_code",
     "set_uri",

@@ -9,6 +9,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -350,3 +351,42 @@ class Tracker(_Reading, _Models):
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, mask_secret(text), name)
+
+
+@dataclass(frozen=True)
+class LoggedRun:
+    """What `train --from-run` needs of an earlier run: its params as logged (text), its tags
+    and the name of its experiment."""
+
+    run_id: str
+    experiment: str
+    params: dict[str, str]
+    tags: dict[str, str]
+
+
+def logged_run(uri: str | None, run_id: str) -> LoggedRun:
+    """An earlier run of any experiment in the store at `uri` (default: the local store), or a
+    TrackingError that names the run and the store."""
+    _bound_client_retries()
+    from mlflow.tracking import MlflowClient
+
+    uri = uri or default_uri()
+    display, db = mask_secret(uri), sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise TrackingError(
+            f"--from-run {run_id}: there is no tracking store at {display} yet. Pass "
+            "--tracking-uri of the store the run is in."
+        )
+    with guard(display, "reading a run", str(db) if db else None):
+        client = GuardedClient(MlflowClient(tracking_uri=uri), display, str(db) if db else None)
+        try:
+            run = client.get_run(run_id)
+        except TrackingError:
+            raise
+        except Exception:  # noqa: BLE001 - MLflow raises its own not-found exception
+            raise TrackingError(
+                f"--from-run {run_id}: no such run in {display}. Copy a run id from the UI, "
+                "`report` or a search's output; pass --tracking-uri if it is in another store."
+            ) from None
+        experiment = client.get_experiment(run.info.experiment_id).name
+    return LoggedRun(run_id, experiment, dict(run.data.params), dict(run.data.tags))
