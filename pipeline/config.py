@@ -157,6 +157,9 @@ class SearchParams(_Section):
     retries: int = Field(1, ge=0)
     recycle_after: int = Field(50, ge=0)  # trials per worker process before a fresh one (0: never)
     top_k: int = Field(5, ge=1)
+    # Resources of one worker under `search --ray` (Ray places each worker where they are free).
+    worker_cpus: float = Field(1.0, gt=0)
+    worker_gpus: float = Field(0.0, ge=0)
     # An earlier study (same storage) whose best top_k complete param sets are tried first.
     warm_start: str | None = None
     space: dict[str, dict[str, Any]] = Field(default_factory=dict)

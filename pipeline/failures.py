@@ -39,6 +39,9 @@ _TEXT_REASONS = (  # (fragment of the driver's message, lower case) -> reason
     ("server closed the connection unexpectedly", "the database connection was lost"),
     ("terminating connection due to administrator command", "the database connection was lost"),
     ("connection to server at", "the database server is unreachable"),
+    # MLflow's basic-auth app (mlflow server --app-name basic-auth) refusing the client
+    ("error code 401 != 200", "the tracking server refused the credentials (HTTP 401)"),
+    ("error code 403 != 200", "the tracking server's user lacks permission (HTTP 403)"),
 )
 
 
@@ -60,6 +63,16 @@ def store_failure(exc: BaseException) -> tuple[str, str | None] | None:
 
 
 def _advice(reason: str) -> str:
+    if "HTTP 401" in reason:
+        return (
+            "Set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that "
+            "server (README: scale out), then run the same command again."
+        )
+    if "HTTP 403" in reason:
+        return (
+            "Ask the server's admin for EDIT permission on the experiment (or MANAGE), or use "
+            "an account that has it; nothing was written."
+        )
     if "unreachable" in reason or "connection" in reason or "answer" in reason:
         return (
             "Check that the server is up and reachable, then run the same command again "

@@ -52,6 +52,8 @@ class RunKind(enum.StrEnum):
 # -- run tags ------------------------------------------------------------------------------------
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
 WORKER_TAG = "pipeline.worker"  # host:pid of the process that created the run
+HOST_TAG = "pipeline.host"  # on a trial run: the machine that trained it
+RAY_NODE_TAG = "pipeline.ray_node"  # ... and its Ray node, under `search --ray`
 KIND_TAG = "pipeline.kind"  # a RunKind
 STUDY_TAG = "pipeline.study"  # the study's name, on its parent, trial and champion runs
 STORAGE_TAG = "optuna.storage"  # on the parent: the study's storage, password masked

@@ -61,6 +61,7 @@ OPTUNA_INTERNALS = {
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WORKER_ATTR = "worker"
 RUN_ATTR = "mlflow_run_id"
+NODE_ATTR = "node"  # the cluster node (Ray's node id) of the worker that runs the trial
 REASON_ATTR = "fail_reason"
 RETRY_ATTR = "retry_of"  # a retried trial: the number of the dead worker's trial it repeats
 RETRY_RUN_ATTR = "retry_of_run"  # ... and that trial's MLflow run, if it had one
@@ -161,6 +162,8 @@ class SearchStudy:
         self._space = distributions(params.space)  # what every ask samples
         self.name = study.study_name
         self._id = storage.backend.get_study_id_from_name(study.study_name)
+        self.node: str | None = None  # this worker's cluster node (NODE_ATTR of its trials)
+        self.lost_nodes: Callable[[], set[str]] = set  # the cluster's dead nodes
 
     # attributes and locks
 
@@ -201,7 +204,7 @@ class SearchStudy:
             front = self.pareto()
             return front[0] if front else None
         try:
-            return _best(self._study.best_trial)
+            return _best(self._study.best_trial, self._params.metrics)
         except ValueError:
             return None
 
@@ -213,7 +216,7 @@ class SearchStudy:
             return [best] if best is not None else []
         sign = -1 if self._study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
         trials = sorted(self._study.best_trials, key=lambda t: (sign * t.values[0], t.number))
-        return [_best(t) for t in trials]
+        return [_best(t, self._params.metrics) for t in trials]
 
     def trial_states(self) -> dict[int, protocol.TrialState]:
         """Trial number -> its state, for reconciling runs with trials."""
@@ -300,6 +303,8 @@ class SearchStudy:
         with self.exclusive():
             trial = self._study.ask(fixed_distributions=self._space)
             trial.set_user_attr(WORKER_ATTR, worker_id())
+            if self.node:
+                trial.set_user_attr(NODE_ATTR, self.node)
         ahead = finished = 0
         for t in self._trials(*FINISHED, TrialState.RUNNING):
             if t.state in FINISHED:
@@ -392,16 +397,19 @@ class SearchStudy:
 
     def dead_trials(self) -> list[DeadTrial]:
         """RUNNING trials whose worker is gone: no heartbeat for STALE_AFTER_SECONDS (any
-        host), or a dead pid (this host). Optuna's own heartbeat covers RDB storages only."""
+        host), a dead pid (this host) or a cluster node its cluster lost. Optuna's own
+        heartbeat covers RDB storages only."""
         host, now, out = socket.gethostname(), time.time(), []
-        for t in self._trials(TrialState.RUNNING):
+        running = self._trials(TrialState.RUNNING)
+        lost = self.lost_nodes() if any(NODE_ATTR in t.user_attrs for t in running) else set()
+        for t in running:
             worker = str(t.user_attrs.get(WORKER_ATTR, ""))
             worker_host, _, pid = worker.rpartition(":")
             beat = t.user_attrs.get(HEARTBEAT_ATTR)
             start = t.datetime_start.timestamp() if t.datetime_start else now
             dead = now - float(beat if beat is not None else start) > STALE_AFTER_SECONDS
-            if not worker:  # its asker died before naming itself (see ask)
-                dead = True
+            if not worker or t.user_attrs.get(NODE_ATTR) in lost:  # its asker died before
+                dead = True  # naming itself (see ask), or its node is gone
             elif worker_host == host and pid.isdigit():  # a pid is checkable here (and may be
                 dead = dead or not pid_alive(int(pid))  # reused, hence the heartbeat too)
             if dead:
@@ -439,10 +447,11 @@ class SearchStudy:
         return True
 
 
-def _best(t: optuna.trial.FrozenTrial) -> Best:
+def _best(t: optuna.trial.FrozenTrial, metrics: tuple[str, ...]) -> Best:
     run_id = t.user_attrs.get(RUN_ATTR)
     values = tuple(float(v) for v in t.values)
-    scores = {k: float(v) for k, v in t.user_attrs.items() if isinstance(v, float)}
+    keys = (*metrics, protocol.TIEBREAK)  # what tell_complete stored as measured
+    scores = {k: float(t.user_attrs[k]) for k in keys if isinstance(t.user_attrs.get(k), float)}
     return Best(t.number, values[0], dict(t.params), run_id and str(run_id), values, scores)
 
 

@@ -50,7 +50,11 @@ class Storage:
     def lock(self, name: str) -> Iterator[None]:
         """Hold a lock named `name` across every process using this storage."""
         with self._local:
-            if self.url.startswith("postgresql"):
+            engine = getattr(self.backend, "engine", None)  # RDBStorage's (see make_storage)
+            if self.url.startswith("postgresql") and engine is not None:
+                with _pg_advisory_lock_on(engine, name):
+                    yield
+            elif self.url.startswith("postgresql"):  # before the storage exists: its schema
                 with _pg_advisory_lock(self.url, name):
                     yield
             elif not is_url(self.url) or sqlite_path(self.url) is not None:
@@ -65,12 +69,43 @@ def _slug(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
+def _lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def _pg_advisory_lock_on(engine: Any, name: str) -> Iterator[None]:
+    """A session-level PostgreSQL advisory lock taken on the storage's own connection.
+
+    The storage's pool holds one connection (POOL, make_storage), so the lock, the trial
+    operations it guards and the heartbeat share it: a process never holds more than that one
+    (and, while it opens a fresh storage, one more). A session-level lock outlives the
+    transaction it was taken in, stays with the connection while the pool holds it, and is
+    freed by PostgreSQL if the process dies. If the connection drops meanwhile, the lock goes
+    with it; the unlock then finds no lock, and says so.
+    """
+    import sqlalchemy
+
+    key = _lock_key(name)
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        conn.commit()
+    try:
+        yield
+    finally:
+        with engine.connect() as conn:
+            held = conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            if not held.scalar():
+                log.warning("storage lock %r was lost with a dropped connection", name)
+            conn.commit()
+
+
 @contextlib.contextmanager
 def _pg_advisory_lock(url: str, name: str) -> Iterator[None]:
     """A session-level PostgreSQL advisory lock on its own connection (freed if we die)."""
     import sqlalchemy
 
-    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    key = _lock_key(name)
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
     try:
         with engine.connect() as conn:
@@ -167,12 +202,23 @@ def _cut_torn_tail(path: str) -> int:
     return end
 
 
+# One connection per process: the trial operations, the heartbeat thread and the storage lock
+# take turns on it (pool_timeout: how long a turn may be waited for), so 64 processes need 64
+# of PostgreSQL's default 100. pool_pre_ping: a long trial survives a dropped idle connection.
+POOL: dict[str, Any] = {
+    "pool_size": 1,
+    "max_overflow": 0,
+    "pool_timeout": 120,
+    "pool_pre_ping": True,
+}
+
+
 def make_storage(url: str | None) -> Storage:
     """A journal file (path or None) for one machine, or an RDB URL (PostgreSQL) for many.
 
-    RDB storages get `pool_pre_ping` so a long trial survives a dropped idle connection, and
-    their schema is created under the storage lock: Optuna creates it without one, and several
-    processes opening a fresh PostgreSQL database at once otherwise crash on a unique violation.
+    RDB storages hold one connection (POOL), and their schema is created under the storage
+    lock: Optuna creates it without one, and several processes opening a fresh PostgreSQL
+    database at once otherwise crash on a unique violation.
     """
     if url is not None and url.startswith("grpc://"):
         from optuna.storages import GrpcStorageProxy
@@ -187,19 +233,30 @@ def make_storage(url: str | None) -> Storage:
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return Storage(str(Path(path).resolve()), JournalStorage(_journal_backend(path)))
+    import sqlalchemy
     from optuna.storages import RDBStorage
 
     probe = Storage(url, optuna.storages.InMemoryStorage())
     try:
         # The lock only while the schema may still be missing (checked again once it is held):
         # once the schema is there, opening is read-only and many workers open at once.
-        backend = None
+        # Optuna's own open needs two connections at once (its schema check inside a
+        # session), so the schema is created by a throw-away storage and checked here.
         if not _schema_ready(url):
             with probe.lock("optuna-schema"):
                 if not _schema_ready(url):
-                    backend = RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-        if backend is None:
-            backend = RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+                    poolless = {"poolclass": sqlalchemy.pool.NullPool}
+                    RDBStorage(url, engine_kwargs=poolless).engine.dispose()
+        backend = RDBStorage(
+            url, engine_kwargs=POOL, skip_compatibility_check=True, skip_table_creation=True
+        )
+        if backend.get_current_version() != backend.get_head_version():
+            raise SearchError(
+                f"--storage {mask_secret(url)}: its Optuna schema is older than this Optuna's; "
+                f"upgrade it with `optuna storage upgrade --storage URL` and run again."
+            )
+    except SearchError:
+        raise
     except Exception as exc:  # noqa: BLE001 - driver and connection errors vary
         raise SearchError(
             f"--storage {mask_secret(url)}: cannot open it ({type(exc).__name__}: "
@@ -210,13 +267,18 @@ def make_storage(url: str | None) -> Storage:
 
 
 def _schema_ready(url: str) -> bool:
-    """True if Optuna's schema is complete in this database (its version row is written last)."""
+    """True if Optuna's schema is complete in this database (its version row and then alembic's
+    stamp are written last)."""
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
     try:
-        with engine.connect() as conn:
-            return bool(conn.execute(sqlalchemy.text("SELECT count(*) FROM version_info")).scalar())
+        with engine.connect() as conn:  # the version row, then alembic's stamp: both there
+            count = (
+                "SELECT (SELECT count(*) FROM version_info)"
+                " * (SELECT count(*) FROM alembic_version)"
+            )
+            return bool(conn.execute(sqlalchemy.text(count)).scalar())
     except sqlalchemy.exc.SQLAlchemyError:
         return False  # no such table yet (or no server: RDBStorage reports that below)
     finally:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -36,7 +37,9 @@ from pipeline.errors import PipelineError, TrainingDiverged
 from pipeline.protocol import (
     BASELINE_TAG,
     ERROR_TAG,
+    HOST_TAG,
     KIND_TAG,
+    RAY_NODE_TAG,
     RESULT_TAG,
     RETRY_RUN_TAG,
     RETRY_TAG,
@@ -242,6 +245,12 @@ class TrackedStudy:
             params, prep, tracker, study, parent_id, storage=storage_display, trainer=trainer
         )
 
+    def place(self, node: str | None, lost_nodes: Callable[[], set[str]]) -> None:
+        """Run this worker's trials as on cluster node `node` (None: on no node, a driver): its
+        trials carry the node (tag and attr), and a trial whose node `lost_nodes()` names is
+        a dead worker's at once."""
+        self.study.node, self.study.lost_nodes = node, lost_nodes
+
     # -- 2. reconcile -----------------------------------------------------------------------
 
     def reconcile(self) -> Reconciled:
@@ -380,6 +389,9 @@ class TrackedStudy:
     def _trial_tags(self, trial: search.Trial) -> dict[str, str]:
         """What a trial's run is tagged with from its start (the UI filters on these)."""
         tags = {STUDY_TAG: self.name, TRIAL_TAG: str(trial.number), STATE_TAG: TrialState.RUNNING}
+        tags[HOST_TAG] = socket.gethostname()
+        if self.study.node:
+            tags[RAY_NODE_TAG] = self.study.node
         if trial.retry_of is not None:  # a dead worker's trial, run again: link the two runs
             tags[RETRY_TAG] = str(trial.retry_of)
             if trial.retry_of_run:

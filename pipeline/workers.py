@@ -141,3 +141,29 @@ def supervise(
 
 def _recycled(codes: Sequence[int]) -> int:
     return sum(code == RECYCLED for code in codes)
+
+
+def supervise_remote(tracked: TrackedStudy, plan: WorkerPlan, executor: Executor) -> None:
+    """`plan.workers` workers elsewhere (a cluster) until the budget is met; none here.
+
+    A worker that ran its `recycle_after` trials is replaced while trials remain. Once all
+    have ended, trials still missing (workers that failed, or trials of lost workers that the
+    reconciliation queued again after the others stopped) get a new round of workers, as long
+    as the round before finished any trial: a setup that finishes nothing stops here.
+    """
+    tracked.reconcile()
+    finished = tracked.study.counts().finished
+    while tracked.budget_left() > 0 and not plan.past_deadline():
+        log.info("%d workers on the cluster", min(plan.workers, tracked.budget_left()))
+        executor.start(plan, min(plan.workers, tracked.budget_left()))
+        while executor.wait():
+            interrupts.check()
+            recycled = _recycled(executor.ended())
+            if recycled and tracked.budget_left() > 0 and not plan.past_deadline():
+                executor.start(plan, recycled)
+        tracked.reconcile()  # the trials of workers lost with their node, if any are left
+        now = tracked.study.counts().finished
+        if now == finished:
+            log.error("stopping: a round of cluster workers finished no trial (see above)")
+            return
+        finished = now

@@ -83,18 +83,35 @@ def wait_for_http(url: str, timeout: float = 120.0) -> int:
             time.sleep(1)
 
 
-def mlflow_server(workdir: Path, port: int, backend_uri: str | None = None) -> subprocess.Popen:
+def mlflow_server(
+    workdir: Path, port: int, backend_uri: str | None = None, *, admin_password: str | None = None
+) -> subprocess.Popen:
     """A real `mlflow server` on 127.0.0.1:port (a SQLite file in workdir unless
     `backend_uri`), artifacts in workdir; its own session, so its uvicorn workers stop with it
-    (`os.killpg(server.pid, signal.SIGTERM)`)."""
+    (`os.killpg(server.pid, signal.SIGTERM)`). With `admin_password`: MLflow's basic-auth app
+    (needs mlflow[auth]), user `admin` with that password, READ for everyone else."""
+    import secrets
     import sys
 
+    env, app = dict(os.environ), []
+    if admin_password is not None:
+        ini = workdir / "auth.ini"
+        ini.write_text(
+            "[mlflow]\ndefault_permission = READ\n"
+            f"database_uri = sqlite:///{workdir / 'auth.db'}\n"
+            f"admin_username = admin\nadmin_password = {admin_password}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        env["MLFLOW_AUTH_CONFIG_PATH"] = str(ini)
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = secrets.token_hex(16)
+        app = ["--app-name", "basic-auth"]
     return subprocess.Popen(
         [
             sys.executable,
             "-m",
             "mlflow",
             "server",
+            *app,
             "--host",
             "127.0.0.1",
             "--port",
@@ -105,6 +122,7 @@ def mlflow_server(workdir: Path, port: int, backend_uri: str | None = None) -> s
             str(workdir / "server-artifacts"),
         ],
         cwd=workdir,
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

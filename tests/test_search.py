@@ -3,6 +3,7 @@ resume, locks and dead workers' trials."""
 
 import os
 import socket
+import time
 
 import optuna
 import pytest
@@ -533,3 +534,60 @@ def test_a_trial_whose_asker_died_before_naming_itself_is_dead_at_once(tmp_path)
     live = study.ask(10)  # a live worker's trial names its owner: neither dead nor another's
     assert [d.number for d in study.dead_trials()] == [orphan.number]
     assert live is not None and not study.others_running()
+
+
+@pytest.mark.postgres
+def test_a_process_holds_at_most_two_postgresql_connections_while_it_searches(monkeypatch):
+    """Needs PostgreSQL (require_postgres). 64 processes on PostgreSQL's default 100
+    connections: each opens the study's storage, then asks and tells trials under the study
+    lock while its heartbeat thread stamps the running trial, on at most two connections at
+    any moment (one once the storage is open, and no new one per trial). Counted at every
+    connection the process opens."""
+    import psycopg
+    import sqlalchemy
+
+    pg_url = require_postgres()
+    db = f"conn_{os.getpid()}_{os.urandom(3).hex()}"
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{db}"')
+    url = pg_url.rsplit("/", 1)[0] + "/" + db
+    make_storage(url)  # the schema, made by the first of them (on three connections, once)
+    live: set[int] = set()
+    most: list[int] = []
+
+    def opened(dbapi, record):  # noqa: ANN001 - SQLAlchemy's pool event signature
+        live.add(id(dbapi))
+        most.append(len(live))
+
+    def closed(dbapi, record):  # noqa: ANN001
+        live.discard(id(dbapi))
+
+    sqlalchemy.event.listen(sqlalchemy.pool.Pool, "connect", opened)
+    sqlalchemy.event.listen(sqlalchemy.pool.Pool, "close", closed)
+    sqlalchemy.event.listen(sqlalchemy.pool.Pool, "close_detached", closed)
+    monkeypatch.setattr(storage, "HEARTBEAT_SECONDS", 0.005)
+    try:
+        study = search.open_study("conn", make_storage(url), params(), seed=0, max_epochs=10)
+        opened_while_opening = len(most)
+
+        def beaten(trial: search.Trial) -> float:
+            """Return once the heartbeat thread has stamped this trial (it runs meanwhile)."""
+            trial_id = study._trial_id(trial.number)
+            deadline = time.monotonic() + 60
+            while (
+                storage.HEARTBEAT_ATTR not in study._storage.backend.get_trial(trial_id).user_attrs
+            ):
+                assert time.monotonic() < deadline, "the heartbeat never beat"
+                time.sleep(0.01)  # leave the one connection free between reads
+            return 0.5
+
+        drive(study, 4, beaten)
+        assert study.counts().complete == 4
+        opened_by_trials = most[opened_while_opening:]
+    finally:
+        for event, fn in (("connect", opened), ("close", closed), ("close_detached", closed)):
+            sqlalchemy.event.remove(sqlalchemy.pool.Pool, event, fn)
+        with psycopg.connect(pg_url, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    assert 1 <= max(most) <= 2, most
+    assert opened_by_trials == [] and len(live) == 1  # the one pooled connection did it all

@@ -232,3 +232,67 @@ def test_passwords_in_storage_and_tracking_uri_never_reach_store_logs_or_console
     finally:
         drop_database(optuna_db)
         drop_database(mlflow_db)
+
+
+def test_a_tracking_server_with_basic_auth_refuses_in_one_line_and_takes_its_account(
+    workdir, fault_audit
+):
+    """MLflow's basic-auth app (mlflow[auth]), as the README's scale-out recipe runs it: a
+    worker with no credentials, or a wrong password, exits 2 with one line that says so and
+    trains nothing; with the account's credentials from MLFLOW_TRACKING_USERNAME/PASSWORD the
+    same search runs. The password is nowhere in the output, the runs or the files."""
+    import signal
+
+    import mlflow
+    from conftest import free_port, mlflow_server, wait_for_http
+
+    secret = f"pw-{os.urandom(6).hex()}"
+    port = free_port()
+    (workdir / "srv").mkdir()
+    server = mlflow_server(workdir / "srv", port, admin_password=secret)
+    uri = f"http://127.0.0.1:{port}"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")} | {
+        "PYTHONUNBUFFERED": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
+    argv = [sys.executable, "-m", "pipeline.run", "search", "-p", "iris", "--trials", "1"]
+    argv += ["--set", "model.hidden=[4]", "--set", "train.epochs=2", "--tracking-uri", uri]
+
+    def search(**credentials: str) -> subprocess.CompletedProcess:
+        env = base | {f"MLFLOW_TRACKING_{k.upper()}": v for k, v in credentials.items()}
+        return subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True)
+
+    try:
+        wait_for_http(f"{uri}/health")
+        console = ""
+        for refused in (search(), search(username="admin", password="not-it")):
+            console += refused.stdout + refused.stderr
+            assert refused.returncode == 2, refused.stderr[-2000:]
+            lines = [x for x in refused.stderr.splitlines() if x.startswith("error:")]
+            assert len(lines) == 1 and "refused the credentials (HTTP 401)" in lines[0]
+            assert "Traceback" not in refused.stderr and "MLFLOW_TRACKING_USERNAME" in lines[0]
+        assert not list(workdir.glob("mlruns/optuna-journal.log"))  # no study, nothing trained
+        accepted = search(username="admin", password=secret)
+        console += accepted.stdout + accepted.stderr
+        assert accepted.returncode == 0, accepted.stderr[-3000:]
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = (
+            "admin",
+            secret,
+        )
+        try:
+            client = mlflow.MlflowClient(uri)
+            exp = client.get_experiment_by_name("iris-softmax")
+            runs = client.search_runs([exp.experiment_id])
+        finally:
+            del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+        trials = [r for r in runs if "pipeline.trial" in r.data.tags]
+        assert len(trials) == 1 and trials[0].info.status == "FINISHED"
+        logged = " ".join(f"{r.data.params} {r.data.tags} {r.data.metrics}" for r in runs)
+        files = [p for p in workdir.rglob("*") if p.is_file() and p.name != "auth.ini"]
+        leaks = [w for w, text in (("console", console), ("runs", logged)) if secret in text]
+        leaks += [str(p) for p in files if secret.encode() in p.read_bytes()]
+        fault_audit.record(leaked=len(leaks))
+        assert leaks == []
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait()

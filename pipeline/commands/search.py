@@ -40,6 +40,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "changes it): one single-threaded worker per CPU core, as many as free memory holds; "
         "`--workers 1` gives a reproducible trial sequence",
     )
+    p.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run the workers as Ray tasks on the cluster at ADDRESS (auto, HOST:PORT or "
+        "ray://HOST:10001): --workers of them (default: the cluster's CPUs / "
+        "search.worker_cpus); needs a --storage and --tracking-uri every node reaches and "
+        'pip install -e ".[cluster]"',
+    )
     p.add_argument("--new", action="store_true", help="discard a study of the same name")
     p.add_argument(
         "--warm-start",
@@ -66,6 +74,12 @@ def main(args: argparse.Namespace) -> int:
     from pipeline import champion
 
     params = load_params(args)
+    if args.ray:
+        from pipeline import cluster
+
+        cluster.connect(args.ray)
+        if args.workers is None:
+            args.workers = cluster.default_workers(params.search.worker_cpus)
     if args.workers is None:
         args.workers = machine.default_workers()
     if args.workers < 1:
@@ -79,13 +93,15 @@ def main(args: argparse.Namespace) -> int:
     plan = workers.WorkerPlan(
         tuple(args.argv), args.workers, params.search.recycle_after or None, deadline
     )
-    executor = workers.LocalProcesses()
+    executor = _ray_workers(args, tracked, plan) if args.ray else workers.LocalProcesses()
     recycled = False
     with tracked.tracker.run(f"study-{tracked.name}", resume_id=tracked.parent_id):
         try:
             if args.spawned:
                 ran = tracked.run_trials(progress, max_trials=args.max_trials, deadline=deadline)
                 recycled = args.max_trials is not None and ran >= args.max_trials
+            elif args.ray:
+                workers.supervise_remote(tracked, plan, executor)
             else:
                 workers.supervise(tracked, plan, executor, progress)
             tracked.reconcile()  # closes trial runs the store could not close while it was away
@@ -102,8 +118,34 @@ def main(args: argparse.Namespace) -> int:
     if args.spawned or outcome is None:  # only a spawned worker is ever recycled
         return workers.RECYCLED if recycled else 0
     _print_study(tracked, params)
-    _print_outcome(outcome, params, tracked.tracker.ui_url())
+    best_first = None if params.search.multi_objective else params.search.directions[0]
+    _print_outcome(outcome, params, tracked.tracker.ui_url(best_first=best_first))
     return 0
+
+
+def _ray_workers(
+    args: argparse.Namespace, tracked: TrackedStudy, plan: workers.WorkerPlan
+) -> workers.Executor:
+    """The plan's workers as Ray tasks, each told the study's resolved params, its storage and
+    tracking store by absolute address (a task's working directory is Ray's own)."""
+    from pipeline import cluster, config
+    from pipeline.storage import default_storage
+
+    storage = args.storage or default_storage()
+    for given, what in ((storage, "--storage"), (tracked.tracker.uri, "--tracking-uri")):
+        if not given.startswith(("postgresql", "grpc://", "http://", "https://")):
+            log.warning("%s is a local file: every Ray node must see it at the same path", what)
+    sp = tracked.params.search
+    job = cluster.RayJob(
+        config.with_values(tracked.params, {"tracking.uri": tracked.tracker.uri}),
+        tracked.name,
+        storage,
+        tracked.storage,
+        plan.recycle_after,
+        plan.deadline,
+    )
+    tracked.place(None, cluster.lost_nodes)  # the driver settles lost nodes' trials too
+    return cluster.RayWorkers(job, tracked.prep, cpus=sp.worker_cpus, gpus=sp.worker_gpus)
 
 
 def _open(args: argparse.Namespace, params: config.Params) -> TrackedStudy:

@@ -24,7 +24,13 @@ def main(args: argparse.Namespace) -> int:
     params = load_params(args)
     tracker = make_tracker(params)  # creates the store (and the experiment) if missing
     cmd = tracking.ui_command(tracker.uri, port=args.port)
-    print(f"MLflow UI for {tracker.display_uri}: {tracker.ui_url(port=args.port)}")
+    sp = params.search
+    direction = sp.directions[0] if sp.direction != "auto" else None
+    if direction is None:  # `auto`: the preset's task decides (regression metrics minimize)
+        direction = "minimize" if params.data.task == "regression" else "maximize"
+    url = tracker.ui_url(port=args.port, best_first=None if sp.multi_objective else direction)
+    print(f"MLflow UI for {tracker.display_uri}: {url}")
+    print("  (the trials, best first, in MLflow's model-training mode)")
     print("(Ctrl-C to stop)")
     # Its own process group: `mlflow ui` starts uvicorn and job-runner children that outlive a
     # SIGTERM to the parent alone, so stopping means signalling the whole group.

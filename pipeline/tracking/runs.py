@@ -20,6 +20,7 @@ from pipeline.locks import pid_alive
 from pipeline.protocol import (
     ERROR_TAG,
     KIND_TAG,
+    OBJECTIVE,
     PARENT_TAG,
     RESULT_TAG,
     STATE_TAG,
@@ -116,8 +117,18 @@ class _Reading(_Store):
             )
         )
 
-    def ui_url(self, host: str = "127.0.0.1", port: int = 5000) -> str:
-        return f"http://{host}:{port}/#/experiments/{self.experiment_id}/runs"
+    def ui_url(
+        self, host: str = "127.0.0.1", port: int = 5000, *, best_first: str | None = None
+    ) -> str:
+        """The experiment's runs table in MLflow's model-training mode (a fresh browser opens
+        MLflow 3.17 in its GenAI mode; the URL's `workflowType` selects the other one, and
+        clicking "Model training" in the sidebar once keeps it), sorted by the trials'
+        `objective` when `best_first` names the study's direction (maximize / minimize)."""
+        query = "workflowType=machine_learning"
+        if best_first is not None:
+            ascending = "true" if best_first == "minimize" else "false"
+            query += f"&orderByKey=metrics.%60{OBJECTIVE}%60&orderByAsc={ascending}"
+        return f"http://{host}:{port}/#/experiments/{self.experiment_id}/runs?{query}"
 
 
 class Tracker(_Reading, _Models):
