@@ -49,6 +49,9 @@ class RayJob:
 def connect(address: str) -> None:
     """Join the Ray cluster at `address` (`auto`, HOST:PORT, ray://HOST:10001), or a clear
     error: Ray is an optional extra, and a wrong address must not start a local cluster."""
+    # Ray folds log lines that differ only in numbers ("[repeated 3x across cluster]"): each
+    # worker's progress line is what the user reads, so every one is shown (read at import).
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     try:
         import ray
     except ImportError:
@@ -82,12 +85,11 @@ class RayWorkers:
 
         self._job = job
         self._data = ray.put(prep)  # once, however many tasks read it
-        self._task = ray.remote(_work).options(
+        self._task = ray.remote(max_calls=1)(_work).options(  # a fresh process per task
             num_cpus=cpus,
             num_gpus=gpus,
             max_retries=NODE_RETRIES,  # system failures only: a lost node or worker process
             retry_exceptions=False,  # an error of the search itself is not retried
-            max_calls=1,  # a fresh worker process per task
             name="pipeline-worker",
         )
         self._running: list[ray.ObjectRef] = []

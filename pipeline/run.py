@@ -64,6 +64,8 @@ def _quiet_frameworks(verbose: bool) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # A tracking server's client prints two "View run" lines per run: the pipeline says where.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     # MLflow's schema hints and source-guessing warnings are noise for a CLI user.
     warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\.|$)")
 

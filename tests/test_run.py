@@ -852,8 +852,12 @@ def test_scale_out_postgres_storage_tracking_server_and_two_workers(workdir, cap
             *("--set", "train.epochs=20", "--set", "search.pruner=none"),  # time for both workers
         ]
         assert run.main(argv) == 0
+        out = capsys.readouterr().out
         client = mlflow.MlflowClient(uri)
         exp = client.get_experiment_by_name("default")
+        # the server's own UI, and none of MLflow's per-run "View run" lines
+        assert f"open the UI:  {uri}/#/experiments/{exp.experiment_id}/runs?" in out
+        assert "View run" not in out and "View experiment" not in out
         runs = client.search_runs([exp.experiment_id], f"tags.`pipeline.study` = '{study}'")
         trials = [r for r in runs if "pipeline.trial" in r.data.tags]
         parent = [r for r in runs if r.data.tags.get("pipeline.kind") == "study"]

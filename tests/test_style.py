@@ -15,6 +15,7 @@ OWNER = {  # framework -> the modules that may import it
     "mlflow": ("tracking",),  # the package pipeline/tracking/
     # the study; its space, samplers, pruners and first trials; storages; the study figures
     "optuna": ("search.py", "samplers.py", "warmstart.py", "storage.py", "report.py"),
+    "ray": ("cluster.py",),  # the workers a Ray cluster places
 }
 
 

@@ -119,7 +119,7 @@ def main(args: argparse.Namespace) -> int:
         return workers.RECYCLED if recycled else 0
     _print_study(tracked, params)
     best_first = None if params.search.multi_objective else params.search.directions[0]
-    _print_outcome(outcome, params, tracked.tracker.ui_url(best_first=best_first))
+    _print_outcome(outcome, params, tracked.tracker.ui_hint(best_first=best_first))
     return 0
 
 
@@ -242,7 +242,7 @@ def _column(frame_column: str) -> str:
     return frame_column.removeprefix("params_").removeprefix("user_attrs_")
 
 
-def _print_outcome(outcome: Outcome, params: config.Params, ui_url: str) -> None:
+def _print_outcome(outcome: Outcome, params: config.Params, ui_hint: str) -> None:
     from pipeline import report
 
     if outcome.champion is None or outcome.best is None:
@@ -266,4 +266,4 @@ def _print_outcome(outcome: Outcome, params: config.Params, ui_url: str) -> None
     rows = [{"metric": k, "value": v} for k, v in champ.test.items()]
     print(report.table(rows, ["metric", "value"]))
     print(f"\nmodel: {champ.model}")
-    print(f"open the UI:  python -m pipeline.run ui    then  {ui_url}")
+    print(ui_hint)

@@ -73,5 +73,5 @@ def main(args: argparse.Namespace) -> int:
     print(report.table(rows, ["metric", "value"]))
     done = f"{result.epochs_run} epochs, {result.seconds:.1f} s"
     print(f"\nrun {run_id} ({done}), model: {made.model_uri}")
-    print(f"open the UI:  python -m pipeline.run ui   then  {tracker.ui_url()}")
+    print(tracker.ui_hint())
     return 0

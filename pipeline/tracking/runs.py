@@ -123,12 +123,33 @@ class _Reading(_Store):
         """The experiment's runs table in MLflow's model-training mode (a fresh browser opens
         MLflow 3.17 in its GenAI mode; the URL's `workflowType` selects the other one, and
         clicking "Model training" in the sidebar once keeps it), sorted by the trials'
-        `objective` when `best_first` names the study's direction (maximize / minimize)."""
+        `objective` when `best_first` names the study's direction (maximize / minimize).
+        On a tracking server, the server's own UI (`host`/`port`: where `ui` serves a local
+        store); never with credentials a URI may carry."""
         query = "workflowType=machine_learning"
         if best_first is not None:
             ascending = "true" if best_first == "minimize" else "false"
             query += f"&orderByKey=metrics.%60{OBJECTIVE}%60&orderByAsc={ascending}"
-        return f"http://{host}:{port}/#/experiments/{self.experiment_id}/runs?{query}"
+        base = f"http://{host}:{port}"
+        if self.served:
+            u = urlparse(self.uri)
+            netloc = f"{u.hostname}:{u.port}" if u.port else str(u.hostname)
+            base = f"{u.scheme}://{netloc}{u.path.rstrip('/')}"
+        return f"{base}/#/experiments/{self.experiment_id}/runs?{query}"
+
+    @property
+    def served(self) -> bool:
+        """Whether the store is a tracking server, whose UI is already up."""
+        return self.uri.startswith(("http://", "https://"))
+
+    def ui_hint(self, *, best_first: str | None = None) -> str:
+        """The console's last line: where to look at the runs."""
+        url = self.ui_url(best_first=best_first)
+        return (
+            f"open the UI:  {url}"
+            if self.served
+            else f"open the UI:  python -m pipeline.run ui    then  {url}"
+        )
 
 
 class Tracker(_Reading, _Models):
