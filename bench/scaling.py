@@ -40,6 +40,13 @@ PG = os.environ.get(
 )
 
 
+SERVER_POOL = {  # and no GenAI job runners, as in the README's recipe
+    "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "4",
+    "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "0",
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+}
+
+
 # -- the worker ---------------------------------------------------------------------------------
 
 
@@ -211,13 +218,42 @@ def store(kind: str, tmp: Path) -> Iterator[str]:
         drop_pg(url)
 
 
+class PeakConnections:
+    """The most client connections PostgreSQL served at once while the case ran (sampled every
+    50 ms from pg_stat_activity; the sampler's own connection not counted)."""
+
+    def __enter__(self) -> PeakConnections:
+        import threading
+
+        import psycopg
+
+        self.peak, self._stop = 0, threading.Event()
+        self._conn = psycopg.connect(PG.replace("+psycopg", ""), autocommit=True)
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        sql = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+        while not self._stop.wait(0.05):
+            (n,) = self._conn.execute(sql).fetchone()
+            self.peak = max(self.peak, n - 1)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._conn.close()
+
+
 @contextlib.contextmanager
 def tracking_server(tmp: Path) -> Iterator[str]:
     url, port = fresh_pg(), free_port()
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--backend-store-uri", url, "--artifacts-destination", str(tmp / "art")]
+    # The README's sizing: 4 server workers x a pool of 4 = at most 16 of PostgreSQL's 100.
+    env = {**os.environ, **SERVER_POOL}
     server = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
         wait_port(port, server)
@@ -250,6 +286,7 @@ def case(kind: str, procs: int, trials: int, tracking: str, sampler: str) -> dic
                 if any(p.poll() not in (None, 0) for p in ps):
                     raise SystemExit(f"{kind} x{procs}: a worker died before the barrier")
                 time.sleep(0.05)
+            peak = stack.enter_context(PeakConnections()) if kind != "journal" else None
             t0 = time.perf_counter()
             (gate / "go").touch()
             codes = [p.wait() for p in ps]
@@ -273,6 +310,7 @@ def case(kind: str, procs: int, trials: int, tracking: str, sampler: str) -> dic
         "storage_s_max": max(r["phases"]["storage"] for r in results),
         "study_s_max": max(r["phases"]["study"] for r in results),
         "growth": late / early,
+        "peak_pg": peak.peak if peak is not None else None,
     }
 
 
@@ -295,6 +333,7 @@ def main() -> None:
         return
     print(f"{a.trials} trials per case, stub trainer, sampler {a.sampler}, tracking: {a.tracking}")
     head = "storage   procs  crashed  trials/s  coord s/trial  open s (max)  growth q1->q4"
+    head += "  peak PG conns"
     print(head)
     for kind in a.storages:
         for procs in a.procs:
@@ -302,7 +341,7 @@ def main() -> None:
             print(
                 f"{r['storage']:<9} {r['procs']:>5}  {r['crashed']:>7}  {r['trials_per_s']:>8.1f}"
                 f"  {r['coord_s_per_trial']:>13.4f}  {r['open_s_max']:>12.2f}"
-                f"  {r['growth']:>13.2f}",
+                f"  {r['growth']:>13.2f}  {r['peak_pg'] if r['peak_pg'] is not None else '-':>13}",
                 flush=True,
             )
 

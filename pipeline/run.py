@@ -66,6 +66,9 @@ def _quiet_frameworks(verbose: bool) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # A tracking server's client prints two "View run" lines per run: the pipeline says where.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # `mlflow ui` (the ui command) would start seven job-runner processes for GenAI features
+    # (online scoring, trace archival) that a training pipeline never uses: ~2 GB and a slow start.
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     # MLflow's schema hints and source-guessing warnings are noise for a CLI user.
     warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\.|$)")
 

@@ -93,7 +93,8 @@ def mlflow_server(
     import secrets
     import sys
 
-    env, app = dict(os.environ), []
+    # No GenAI job runners (seven processes, ~2 GB): the README's recipe turns them off too.
+    env, app = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, []
     if admin_password is not None:
         ini = workdir / "auth.ini"
         ini.write_text(

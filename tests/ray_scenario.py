@@ -106,6 +106,7 @@ def start_mlflow(out: Path) -> str:
             str(out / "server-artifacts"),
         ],
         cwd=out,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         stdout=open(out / "mlflow.log", "w"),  # noqa: SIM115 - open as long as the server
         stderr=subprocess.STDOUT,
     )

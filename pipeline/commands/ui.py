@@ -6,8 +6,12 @@ import argparse
 import contextlib
 import os
 import signal
+from typing import TYPE_CHECKING
 
 from pipeline.commands.common import add_common, load_params, make_tracker
+
+if TYPE_CHECKING:
+    from pipeline import config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,12 +27,11 @@ def main(args: argparse.Namespace) -> int:
 
     params = load_params(args)
     tracker = make_tracker(params)  # creates the store (and the experiment) if missing
+    if tracker.served:  # a tracking server serves its own UI
+        print(f"MLflow UI of the tracking server: {tracker.ui_url(best_first=_best_first(params))}")
+        return 0
     cmd = tracking.ui_command(tracker.uri, port=args.port)
-    sp = params.search
-    direction = sp.directions[0] if sp.direction != "auto" else None
-    if direction is None:  # `auto`: the preset's task decides (regression metrics minimize)
-        direction = "minimize" if params.data.task == "regression" else "maximize"
-    url = tracker.ui_url(port=args.port, best_first=None if sp.multi_objective else direction)
+    url = tracker.ui_url(port=args.port, best_first=_best_first(params))
     print(f"MLflow UI for {tracker.display_uri}: {url}")
     print("  (the trials, best first, in MLflow's model-training mode)")
     print("(Ctrl-C to stop)")
@@ -43,3 +46,14 @@ def main(args: argparse.Namespace) -> int:
         server.wait(timeout=30)
         print("MLflow UI stopped.")
         return 0
+
+
+def _best_first(params: config.Params) -> str | None:
+    """The direction the runs table sorts the trials' objective by (None: multi-objective)."""
+    sp = params.search
+    if sp.multi_objective:
+        return None
+    if sp.direction != "auto":
+        return sp.directions[0]
+    # `auto`: the preset's task decides (regression metrics minimize)
+    return "minimize" if params.data.task == "regression" else "maximize"
