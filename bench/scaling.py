@@ -273,6 +273,7 @@ def case(kind: str, procs: int, trials: int, tracking: str, sampler: str) -> dic
             storage = stack.enter_context(store(kind, tmp))
             uri = stack.enter_context(tracking_server(tmp)) if tracking == "server" else ""
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            env["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # as the pipeline's CLI
             cmd = [sys.executable, __file__, "--worker", storage, "--trials", str(trials)]
             cmd += ["--sampler", sampler]
             cmd += ["--gate", str(gate)] + (["--tracking-uri", uri] if uri else [])
