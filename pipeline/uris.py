@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 SQLITE = "sqlite:///"
 
@@ -17,6 +18,18 @@ SQLITE = "sqlite:///"
 def is_url(text: str) -> bool:
     """A URL (`scheme://...`) rather than a plain file path."""
     return "://" in text
+
+
+def is_server(uri: str) -> bool:
+    """An MLflow tracking server (`http(s)://`), which serves its own UI, rather than a store."""
+    return uri.startswith(("http://", "https://"))
+
+
+def server_address(uri: str) -> str:
+    """A server URL without the credentials it may carry (`scheme://host[:port]/path`)."""
+    u = urlsplit(uri)
+    netloc = f"{u.hostname}:{u.port}" if u.port else str(u.hostname)
+    return f"{u.scheme}://{netloc}{u.path.rstrip('/')}"
 
 
 def sqlite_path(uri: str | None) -> Path | None:

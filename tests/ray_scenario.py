@@ -89,36 +89,14 @@ def start_postgres(base: Path) -> str:
 
 
 def start_mlflow(out: Path) -> str:
+    """The tests' own `mlflow server` (conftest.mlflow_server: artifacts proxied, SQLite in
+    `out`, no job runners), once it answers."""
+    from conftest import mlflow_server, wait_for_http  # this script's directory is tests/
+
     uri = f"http://127.0.0.1:{MLFLOW_PORT}"
-    subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(MLFLOW_PORT),
-            "--backend-store-uri",
-            f"sqlite:///{out / 'server.db'}",
-            "--artifacts-destination",
-            str(out / "server-artifacts"),
-        ],
-        cwd=out,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=open(out / "mlflow.log", "w"),  # noqa: SIM115 - open as long as the server
-        stderr=subprocess.STDOUT,
-    )
-    import urllib.request
-
-    def healthy() -> bool:
-        try:
-            return urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200
-        except OSError:
-            return False
-
-    wait_until("the tracking server", healthy, timeout=120)
+    mlflow_server(out, MLFLOW_PORT)
+    if wait_for_http(f"{uri}/health") != 200:
+        raise SystemExit("ray_scenario: the tracking server answers, but not healthy")
     return uri
 
 

@@ -20,7 +20,7 @@ from pipeline.protocol import (
 )
 from pipeline.provenance import version
 from pipeline.tracking.store import _artifact_root, _bound_client_retries, _Store, default_uri
-from pipeline.uris import mask_secret
+from pipeline.uris import is_server, mask_secret
 
 log = logging.getLogger("pipeline.tracking")
 
@@ -135,7 +135,7 @@ def _pip_requirements() -> list[str]:
 def ui_command(uri: str, port: int = 5000) -> list[str]:
     """The `mlflow ui` command for a store, bound to 127.0.0.1."""
     cmd = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port)]
-    if not uri.startswith("http"):
+    if not is_server(uri):
         cmd += ["--backend-store-uri", uri]
         root = _artifact_root(uri)
         if root:

@@ -43,7 +43,7 @@ from pipeline.tracking.store import (
     _store_lock,
     default_uri,
 )
-from pipeline.uris import mask_secret, sqlite_path
+from pipeline.uris import is_server, mask_secret, server_address, sqlite_path
 
 log = logging.getLogger("pipeline.tracking")
 
@@ -130,17 +130,13 @@ class _Reading(_Store):
         if best_first is not None:
             ascending = "true" if best_first == "minimize" else "false"
             query += f"&orderByKey=metrics.%60{OBJECTIVE}%60&orderByAsc={ascending}"
-        base = f"http://{host}:{port}"
-        if self.served:
-            u = urlparse(self.uri)
-            netloc = f"{u.hostname}:{u.port}" if u.port else str(u.hostname)
-            base = f"{u.scheme}://{netloc}{u.path.rstrip('/')}"
+        base = server_address(self.uri) if self.served else f"http://{host}:{port}"
         return f"{base}/#/experiments/{self.experiment_id}/runs?{query}"
 
     @property
     def served(self) -> bool:
         """Whether the store is a tracking server, whose UI is already up."""
-        return self.uri.startswith(("http://", "https://"))
+        return is_server(self.uri)
 
     def ui_hint(self, *, best_first: str | None = None) -> str:
         """The console's last line: where to look at the runs."""
